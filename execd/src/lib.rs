@@ -1,0 +1,22 @@
+//! execd: the daemon inside every sandbox, a drop-in replacement for
+//! OpenSandbox's Go execd.
+//!
+//! Layout, one job per module:
+//! - [`config`]: flags and environment variables into one typed [`config::Config`].
+//! - [`api`]: the HTTP server, routing, auth and the single error mapping.
+//! - [`wire`]: bytes on the wire: Go-compatible JSON, stream events, timestamps.
+//! - [`process`]: spawning, the single child reaper, and process-tree killing.
+//! - [`command`]: `/command` runs (foreground and background), their records and logs.
+//! - [`session`]: persistent bash sessions.
+//! - [`pathutil`]: `$VAR`, `${VAR}` and `~` expansion shared by every route taking a path.
+//!
+//! Seams for later issues: files and the port proxy go in `files/` and `proxy/`,
+//! PTY in `pty/`, code contexts in `code/` (backed by the `kernels` crate).
+
+pub mod api;
+pub mod command;
+pub mod config;
+pub mod pathutil;
+pub mod process;
+pub mod session;
+pub mod wire;
