@@ -33,8 +33,10 @@ use error::ApiError;
 pub const MAX_JSON_BODY: usize = 16 << 20;
 /// Time allowed to receive a request's headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often expired records and idle sessions are swept.
+/// How often expired records and idle sessions are swept, at most.
 const SWEEP_EVERY: Duration = Duration::from_secs(15);
+/// How often they are swept, at least.
+const SWEEP_MIN: Duration = Duration::from_millis(100);
 
 /// The services behind the API.
 #[derive(Debug)]
@@ -58,8 +60,13 @@ impl App {
     /// Starts the periodic sweep of finished records and idle sessions.
     pub fn start_maintenance(self: &Arc<Self>) {
         let app = self.clone();
+        // Sweep often enough that nothing outlives its retention by more than a quarter.
+        let every = SWEEP_EVERY
+            .min(self.cfg.command_retention / 4)
+            .min(self.cfg.session_idle_timeout / 4)
+            .max(SWEEP_MIN);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
                 app.commands.sweep();

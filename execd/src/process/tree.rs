@@ -70,27 +70,72 @@ pub fn identify(pid: i32) -> Option<Proc> {
     Some(Proc { pid, start })
 }
 
-/// The current time in the unit of [`Proc::start`] (clock ticks since boot).
-pub fn uptime_ticks() -> u64 {
-    let secs: f64 = std::fs::read_to_string("/proc/uptime")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
-        .unwrap_or(0.0);
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100);
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss
-    )]
-    let ticks = (secs * hz as f64) as u64;
-    ticks
+/// Whether the kernel lists children in `/proc/<pid>/task/<tid>/children`.
+fn children_files() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| std::path::Path::new("/proc/thread-self/children").exists())
+}
+
+/// Children of `pid`, from the children files of all its threads.
+fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        if let Ok(list) = std::fs::read_to_string(t.path().join("children")) {
+            out.extend(
+                list.split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
+        }
+    }
+    out
+}
+
+fn stat_of(pid: i32) -> Option<Entry> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (state, ppid, start) = parse_stat(&stat)?;
+    Some(Entry {
+        ppid,
+        start,
+        zombie: state == 'Z' || state == 'X',
+    })
 }
 
 /// `roots` that are still alive, with all their live descendants.
-fn collect(procs: &HashMap<i32, Entry>, roots: &HashSet<Proc>) -> HashSet<Proc> {
+fn collect(roots: &HashSet<Proc>) -> HashSet<Proc> {
+    if !children_files() {
+        return collect_from(&snapshot(), roots);
+    }
+    // Walk down from the roots only: no scan of every process on the host.
+    let mut out = HashSet::new();
+    let mut stack: Vec<Proc> = roots
+        .iter()
+        .filter(|r| stat_of(r.pid).is_some_and(|e| e.start == r.start))
+        .copied()
+        .collect();
+    while let Some(p) = stack.pop() {
+        let Some(e) = stat_of(p.pid) else { continue };
+        if e.start != p.start || !out.insert(p) {
+            continue;
+        }
+        for c in children_of(p.pid) {
+            if let Some(ce) = stat_of(c) {
+                stack.push(Proc {
+                    pid: c,
+                    start: ce.start,
+                });
+            }
+        }
+    }
+    out.retain(|p| stat_of(p.pid).is_some_and(|e| !e.zombie));
+    out
+}
+
+/// `roots` that are still alive, with all their live descendants, from a
+/// snapshot of every process.
+fn collect_from(procs: &HashMap<i32, Entry>, roots: &HashSet<Proc>) -> HashSet<Proc> {
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
     for (pid, e) in procs {
         children.entry(e.ppid).or_default().push(*pid);
@@ -119,7 +164,7 @@ fn collect(procs: &HashMap<i32, Entry>, roots: &HashSet<Proc>) -> HashSet<Proc> 
 
 /// Live descendants of `root` (not including `root`).
 pub fn descendants(root: Proc) -> HashSet<Proc> {
-    let mut set = collect(&snapshot(), &HashSet::from([root]));
+    let mut set = collect(&HashSet::from([root]));
     set.remove(&root);
     set
 }
@@ -129,10 +174,7 @@ pub fn descendants(root: Proc) -> HashSet<Proc> {
 pub fn kill_now(roots: &HashSet<Proc>) -> usize {
     let mut frozen: HashSet<Proc> = HashSet::new();
     for _ in 0..64 {
-        let found = collect(
-            &snapshot(),
-            &roots.iter().chain(frozen.iter()).copied().collect(),
-        );
+        let found = collect(&roots.iter().chain(frozen.iter()).copied().collect());
         let new: Vec<Proc> = found.difference(&frozen).copied().collect();
         if new.is_empty() {
             break;
@@ -160,7 +202,7 @@ pub async fn terminate(leader: Proc, grace: Duration) {
     loop {
         // Walk before signalling: once the leader dies, its orphans are
         // reparented away from the tree and only this memory finds them.
-        let live = collect(&snapshot(), &seen);
+        let live = collect(&seen);
         if live.is_empty() {
             return;
         }

@@ -297,13 +297,15 @@ async fn run_task(
     let Some(shell) = guard.as_mut() else { return };
     sink.send(first).await;
 
-    let run_start_ticks = tree::uptime_ticks();
+    // Processes that exist before the run (background jobs of earlier runs)
+    // are not the run's to kill on timeout.
+    let before: HashSet<Proc> = shell.leader.map(tree::descendants).unwrap_or_default();
     let outcome = match shell.send_run(&command, cwd.as_deref()).await {
         Err(e) => Outcome {
             end: End::Failed(format!("write to shell: {e}")),
             shell_gone: false,
         },
-        Ok(seq) => collect(shell, seq, timeout, run_start_ticks, &mut sink).await,
+        Ok(seq) => collect(shell, seq, timeout, &before, &mut sink).await,
     };
     let event = match outcome.end {
         End::Status(0) => {
@@ -339,7 +341,7 @@ async fn collect(
     shell: &mut Shell,
     seq: u64,
     timeout: Duration,
-    start_ticks: u64,
+    before: &HashSet<Proc>,
     sink: &mut EventSink,
 ) -> Outcome {
     let mut out_lines = LineSplitter::default();
@@ -384,7 +386,7 @@ async fn collect(
             }
             () = tokio::time::sleep_until(deadline.unwrap_or(far)), if !timed_out && deadline.is_some() => {
                 timed_out = true;
-                kill_run(shell.leader, start_ticks);
+                kill_run(shell.leader, before);
                 grace_until = Some(TokioInstant::now() + KILL_GRACE);
             }
             () = tokio::time::sleep_until(grace_until.unwrap_or(far)), if grace_until.is_some() => {
@@ -432,13 +434,13 @@ fn handle(
     }
 }
 
-/// Kills the processes a run started: descendants of the shell that started
-/// after the run began (background jobs of earlier runs are left alone).
-fn kill_run(leader: Option<Proc>, start_ticks: u64) {
+/// Kills the processes a run started: descendants of the shell that did not
+/// exist before the run (background jobs of earlier runs are left alone).
+fn kill_run(leader: Option<Proc>, before: &HashSet<Proc>) {
     let Some(leader) = leader else { return };
     let victims: HashSet<Proc> = tree::descendants(leader)
-        .into_iter()
-        .filter(|p| p.start >= start_ticks)
+        .difference(before)
+        .copied()
         .collect();
     if !victims.is_empty() {
         tree::kill_now(&victims);
