@@ -1,7 +1,7 @@
 //! Test harness: starts the real execd binary on a loopback port and talks
 //! HTTP/1.1 to it like a client. `EXECD_TEST_BIN` names another binary to
 //! test instead (the same tests then check a different implementation).
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
