@@ -1,6 +1,8 @@
 //! `/command`: event streams, exit codes, signals, interrupt, timeout,
 //! background runs with status and logs, output of any size and bytes.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -1,5 +1,7 @@
 //! `/session`: a real persistent bash per session.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};
