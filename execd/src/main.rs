@@ -61,6 +61,15 @@ fn raise_nofile() {
     }
 }
 
+/// Listens with a deep accept queue, so that a burst of clients (an agent
+/// firing a thousand commands) is queued rather than reset.
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
 fn run(cfg: Config) -> anyhow::Result<()> {
     init_logging(&cfg)?;
     raise_nofile();
@@ -74,9 +83,7 @@ fn run(cfg: Config) -> anyhow::Result<()> {
     rt.block_on(async move {
         execd::process::reaper::start().context("start the child reaper")?;
         let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, cfg.port));
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("listen on {addr}"))?;
+        let listener = listen(addr).with_context(|| format!("listen on {addr}"))?;
         let local = listener.local_addr()?;
         tracing::info!(version = env!("CARGO_PKG_VERSION"), %local, "execd listening");
         let base_env = Env::from_pairs(

@@ -179,15 +179,16 @@ impl Output {
         }
     }
 
-    /// Reads what is already in the pipe, without waiting.
+    /// Reads what is already in the pipe, without waiting. This reads the
+    /// descriptor directly: tokio's `try_read` answers `WouldBlock` until the
+    /// reactor has seen readiness, which can lag behind the exit signal.
     fn drain(&mut self, buf: &mut [u8], out: &mut Vec<u8>) {
         while !self.eof {
-            match self.pipe.try_read(buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                r => {
-                    let r = r.map(|n| n.min(buf.len()));
-                    self.feed(r, buf, out);
-                }
+            match nix::unistd::read(&self.pipe, buf) {
+                Err(nix::errno::Errno::EAGAIN) => break,
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => self.feed(Err(e.into()), buf, out),
+                Ok(n) => self.feed(Ok(n), buf, out),
             }
         }
         let kind = self.kind;
