@@ -520,3 +520,23 @@ fn background_log_is_bounded() {
         "{text}"
     );
 }
+
+#[test]
+fn uid_and_gid_switching() {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1).map(String::from))
+        .unwrap();
+    if uid != "0" {
+        eprintln!("SKIPPED uid_and_gid_switching: needs root to switch users (CI runs as root)");
+        return;
+    }
+    let e = Execd::start();
+    let ev = e.run(json!({"command": "id -u; id -g", "uid": 65534, "gid": 65533}));
+    assert_eq!(texts(&ev, "stdout"), ["65534", "65533"]);
+    // A uid alone takes the user's primary group (root's for an unknown uid).
+    let ev = e.run(json!({"command": "id -u; id -g; id -G", "uid": 4242}));
+    assert_eq!(texts(&ev, "stdout"), ["4242", "0", "0"]);
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what building and testing the workspace needs on a Debian machine
+# with a Rust toolchain (rustup): a C toolchain, musl-tools and the musl target
+# for static binaries, and the programs the tests use. Idempotent.
+set -euo pipefail
+
+need=()
+command -v cc >/dev/null || need+=(build-essential)
+command -v musl-gcc >/dev/null || need+=(musl-tools)
+command -v bash >/dev/null || need+=(bash)
+command -v setsid >/dev/null || need+=(util-linux)
+command -v file >/dev/null || need+=(file)
+if ((${#need[@]})); then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+  rustup target add x86_64-unknown-linux-musl
+fi
