@@ -13,7 +13,9 @@
 //! - execd's idle RSS, its RSS after at least 1,000 commands and its peak RSS;
 //! - the size of the binary under test, and whether it is static.
 //!
-//! The table is printed and written to `target/bench-command-roundtrip.md`.
+//! execd and the floor's bash get the same small environment (`PATH`,
+//! `HOME`, `LANG`, `TMPDIR`), as in a sandbox. The table is printed and
+//! written to `target/bench-command-roundtrip.md`.
 //! `BENCH_N` sets the number of measured round trips per side (default 2000).
 //!
 //! Built with `harness = false`: under `cargo test --benches` (no `--bench`
@@ -78,7 +80,7 @@ struct Execd {
 }
 
 impl Execd {
-    fn start(bin: &Path, log: &Path) -> Result<Self> {
+    fn start(bin: &Path, log: &Path, env: &[(String, String)]) -> Result<Self> {
         let port = free_port()?;
         let out =
             std::fs::File::create(log).map_err(|e| format!("create {}: {e}", log.display()))?;
@@ -87,6 +89,8 @@ impl Execd {
             .map_err(|e| format!("dup {}: {e}", log.display()))?;
         let child = Command::new(bin)
             .arg(format!("-port={port}"))
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -383,10 +387,12 @@ impl Client {
 }
 
 /// The direct spawn-and-wait of `bash -c true`.
-fn floor_once(bash: &Path) -> Result<Duration> {
+fn floor_once(bash: &Path, env: &[(String, String)]) -> Result<Duration> {
     let t0 = Instant::now();
     let status = Command::new(bash)
         .args(["-c", "true"])
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .status()
         .map_err(|e| format!("spawn {}: {e}", bash.display()))?;
     let d = t0.elapsed();
@@ -394,6 +400,17 @@ fn floor_once(bash: &Path) -> Result<Duration> {
         return Err(format!("bash -c true: {status}"));
     }
     Ok(d)
+}
+
+/// The environment of execd and of the floor's bash alike: a small one, as
+/// in a sandbox, rather than everything `cargo bench` exports (a bigger
+/// environment slows every bash start, and `EXECD_*` variables would
+/// configure execd).
+fn bench_env() -> Vec<(String, String)> {
+    ["PATH", "HOME", "LANG", "TMPDIR"]
+        .iter()
+        .filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?)))
+        .collect()
 }
 
 /// `bash` as execd finds it: the first executable in `PATH`.
@@ -416,6 +433,24 @@ fn proc_status(pid: u32, field: &str) -> Result<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map(|kb| kb * 1024)
         .ok_or_else(|| format!("no {field} in {path}"))
+}
+
+/// CPU time of all of `pid`'s threads so far, from their `schedstat`.
+fn cpu_time(pid: u32) -> Result<Duration> {
+    let dir = format!("/proc/{pid}/task");
+    let mut ns = 0u64;
+    for t in std::fs::read_dir(&dir).map_err(|e| format!("read {dir}: {e}"))? {
+        let t = t.map_err(|e| format!("read {dir}: {e}"))?;
+        // Threads may exit in between: skip what vanished.
+        if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
+            ns += s
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Ok(Duration::from_nanos(ns))
 }
 
 fn ms(s: f64) -> String {
@@ -462,7 +497,8 @@ fn run() -> Result<()> {
     std::fs::create_dir_all(&target).map_err(|e| format!("create {}: {e}", target.display()))?;
     let log = target.join("bench-command-roundtrip.execd.log");
 
-    let execd = Execd::start(&bin, &log)?;
+    let env = bench_env();
+    let execd = Execd::start(&bin, &log, &env)?;
     let pid = execd.pid();
     std::thread::sleep(Duration::from_secs(1));
     let idle_rss = proc_status(pid, "VmRSS")?;
@@ -477,12 +513,13 @@ fn run() -> Result<()> {
         client.roundtrip()?;
     }
     for _ in 0..WARMUP_FLOOR {
-        floor_once(&bash)?;
+        floor_once(&bash, &env)?;
     }
 
     let mut execd_end = Samples::default();
     let mut execd_terminal = Samples::default();
     let mut floor = Samples::default();
+    let cpu_before = cpu_time(pid)?;
     let mut left = n;
     while left > 0 {
         let k = left.min(BLOCK);
@@ -493,10 +530,11 @@ fn run() -> Result<()> {
             }
         }
         for _ in 0..k {
-            floor.push(floor_once(&bash)?);
+            floor.push(floor_once(&bash, &env)?);
         }
         left -= k;
     }
+    let cpu_per_command = (cpu_time(pid)? - cpu_before).as_secs_f64() / n as f64;
     while client.commands < RSS_AFTER {
         client.roundtrip()?;
     }
@@ -538,9 +576,13 @@ fn run() -> Result<()> {
     let _ = writeln!(out, "## execd command round trip\n");
     let _ = writeln!(
         out,
-        "Binary `{}`; bash `{}`; {cpus} CPUs. {n} round trips per side after {WARMUP} warm-up commands, execd and floor interleaved in blocks of {BLOCK}; execd over one keep-alive connection.\n",
+        "Binary `{}`; bash `{}`; {cpus} CPUs; environment of execd and the floor: {}. {n} round trips per side after {WARMUP} warm-up commands, execd and floor interleaved in blocks of {BLOCK}; execd over one keep-alive connection.\n",
         bin.display(),
-        bash.display()
+        bash.display(),
+        env.iter()
+            .map(|(k, _)| k.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let _ = writeln!(
         out,
@@ -563,6 +605,16 @@ fn run() -> Result<()> {
     );
     let _ = writeln!(
         out,
+        "| round trip p10 / p90 | {} / {} | {} / {} | {:.2}x / {:.2}x | | |",
+        ms(execd_end.pct(0.10)),
+        ms(execd_end.pct(0.90)),
+        ms(floor.pct(0.10)),
+        ms(floor.pct(0.90)),
+        execd_end.pct(0.10) / floor.pct(0.10),
+        execd_end.pct(0.90) / floor.pct(0.90)
+    );
+    let _ = writeln!(
+        out,
         "| round trip mean | {} | {} | {:.2}x | | |",
         ms(emean),
         ms(fmean),
@@ -574,6 +626,11 @@ fn run() -> Result<()> {
         ms(t50),
         ms(t99),
         t50 / f50
+    );
+    let _ = writeln!(
+        out,
+        "| execd CPU time per command | {} | | | | |",
+        ms(cpu_per_command)
     );
     let _ = writeln!(
         out,

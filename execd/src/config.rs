@@ -78,6 +78,9 @@ pub struct Config {
     /// Largest spooled log of one background command; output past it is
     /// dropped and counted (`-max-log-bytes`, `EXECD_MAX_LOG_BYTES`, default 1 GiB).
     pub max_log_bytes: u64,
+    /// Shells kept started and waiting for the next foreground command
+    /// (`-warm-shells`, `EXECD_WARM_SHELLS`, default 2; 0 disables).
+    pub warm_shells: usize,
 }
 
 impl Default for Config {
@@ -99,6 +102,7 @@ impl Default for Config {
             max_commands: 4096,
             max_sessions: 1024,
             max_log_bytes: 1 << 30,
+            warm_shells: 2,
         }
     }
 }
@@ -143,6 +147,7 @@ pub const USAGE: &str = "Usage of execd:
   -max-commands int                  running commands at most (env EXECD_MAX_COMMANDS, default 4096)
   -max-sessions int                  bash sessions at most (env EXECD_MAX_SESSIONS, default 1024)
   -max-log-bytes int                 spooled log bytes per background command (env EXECD_MAX_LOG_BYTES, default 1073741824)
+  -warm-shells int                   shells kept ready for the next command, 0-64 (env EXECD_WARM_SHELLS, default 2)
 ";
 
 /// The flags execd knows, with the environment variable that gives each its default.
@@ -166,6 +171,7 @@ const FLAGS: &[(&str, Option<&str>)] = &[
     ("max-commands", Some("EXECD_MAX_COMMANDS")),
     ("max-sessions", Some("EXECD_MAX_SESSIONS")),
     ("max-log-bytes", Some("EXECD_MAX_LOG_BYTES")),
+    ("warm-shells", Some("EXECD_WARM_SHELLS")),
 ];
 
 impl Config {
@@ -272,6 +278,13 @@ impl Config {
                 "max-sessions" => cfg.max_sessions = positive_int(&value).map_err(invalid)?,
                 "max-log-bytes" => {
                     cfg.max_log_bytes = positive_int::<u64>(&value).map_err(invalid)?;
+                }
+                "warm-shells" => {
+                    cfg.warm_shells = value
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| *n <= 64)
+                        .ok_or_else(|| invalid("must be an integer from 0 to 64".into()))?;
                 }
                 _ => unreachable!("flag table and match agree"),
             }

@@ -92,6 +92,7 @@ fn run(cfg: Config) -> anyhow::Result<()> {
         );
         let app = App::new(cfg, base_env);
         app.start_maintenance();
+        app.warm_up();
         serve(listener, app).await;
         Ok(())
     })

@@ -346,6 +346,10 @@ fn logs_are_binary_exact_and_incremental() {
     let ev = e
         .run(json!({"command": r"printf 'a\377\000b'; sleep 0.5; printf 'c'", "background": true}));
     let id = init_id(&ev);
+    assert!(wait_until(Duration::from_secs(5), || !e
+        .get(&format!("/command/{id}/logs"))
+        .body
+        .is_empty()));
     let first = e.get(&format!("/command/{id}/logs?cursor=0"));
     assert_eq!(first.body, b"a\xff\x00b");
     let cursor = first
@@ -539,4 +543,113 @@ fn uid_and_gid_switching() {
     // A uid alone takes the user's primary group (root's for an unknown uid).
     let ev = e.run(json!({"command": "id -u; id -g; id -G", "uid": 4242}));
     assert_eq!(texts(&ev, "stdout"), ["4242", "0", "0"]);
+}
+
+/// What a run shows a client, without ids and timestamps.
+fn outcome(ev: &[serde_json::Value]) -> Vec<(String, String)> {
+    ev.iter()
+        .filter(|e| e["type"] != "init" && e["type"] != "ping")
+        .map(|e| {
+            let detail = match e["type"].as_str().unwrap() {
+                "error" => e["error"]["evalue"].as_str().unwrap().to_string(),
+                "execution_complete" => String::new(),
+                _ => e["text"].as_str().unwrap().to_string(),
+            };
+            (e["type"].as_str().unwrap().to_string(), detail)
+        })
+        .collect()
+}
+
+#[test]
+fn warm_shells_behave_like_bash_c() {
+    let cold = Execd::start_with(&["-warm-shells=0"], &[]);
+    let warm = Execd::start_with(&["-warm-shells=2"], &[]);
+    let dir = scratch("parity");
+    // The warm side keeps two shells waiting, and a command uses one of them.
+    assert!(wait_until(Duration::from_secs(5), || waiting_shells(&warm)
+        .len()
+        == 2));
+    assert!(waiting_shells(&cold).is_empty());
+    let before = waiting_shells(&warm);
+    warm.run(json!({"command": "true"}));
+    assert!(wait_until(Duration::from_secs(5), || {
+        let now = waiting_shells(&warm);
+        now.len() == 2 && now != before
+    }));
+    let cases = [
+        "echo hello; echo err >&2",
+        "exit 3",
+        r"printf 'a\n\nb'",
+        "echo $0 $# $LINENO ${BASH_EXECUTION_STRING}",
+        "nosuchcmd_xyz",
+        "echo $SHLVL; cat; echo done",
+        "sleep 0.05",
+        "sh -c 'kill -9 $$'",
+        "python3 -c 'import os; os.kill(os.getpid(), 15)'",
+        "ls /nonexistent_dir_xyz",
+        "set -e; false; echo unreachable",
+        "trap 'echo bye' EXIT; echo hi",
+        "x=1; f() { echo f$x; }; f",
+        "echo \"quoted $HOME\" 'single $HOME'",
+        "time true",
+        "exec echo replaced",
+        "kill -9 $$",
+    ];
+    for case in cases {
+        for cwd in [None, Some(dir.to_str().unwrap())] {
+            let mut req = json!({"command": case});
+            if let Some(c) = cwd {
+                req["cwd"] = json!(c);
+            }
+            // Settle so that the warm side really uses a warm shell.
+            std::thread::sleep(Duration::from_millis(30));
+            let a = outcome(&cold.run(req.clone()));
+            let b = outcome(&warm.run(req));
+            let norm = |v: Vec<(String, String)>| -> Vec<(String, String)> {
+                // stdout and stderr interleave at random: keep each stream's
+                // order only. `time` prints real durations: compare shapes.
+                let mut v: Vec<(String, String)> = v
+                    .into_iter()
+                    .map(|(t, d)| {
+                        (
+                            t,
+                            if d.contains("0m0.") {
+                                "<time>".into()
+                            } else {
+                                d
+                            },
+                        )
+                    })
+                    .collect();
+                v.sort_by(|a, b| a.0.cmp(&b.0));
+                v
+            };
+            assert_eq!(norm(a), norm(b), "command {case:?} cwd {cwd:?}");
+        }
+    }
+    let ev = warm.run(json!({"command": "pwd", "cwd": dir.to_str().unwrap()}));
+    assert_eq!(texts(&ev, "stdout"), [dir.to_str().unwrap()]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Pids of the warm shells waiting under an execd.
+fn waiting_shells(e: &Execd) -> Vec<i32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{}/task", e.pid()))
+        .unwrap()
+        .flatten()
+    {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for pid in children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains("__execd_d") {
+                out.push(pid);
+            }
+        }
+    }
+    out.sort_unstable();
+    out
 }

@@ -31,6 +31,7 @@ pub(super) async fn run(
     let rx = app
         .commands
         .run(body)
+        .await
         .map_err(|e| ApiError::from_command(e, "run"))?;
     Ok(event_stream(rx))
 }

@@ -57,6 +57,11 @@ impl App {
         })
     }
 
+    /// Starts the warm shells in the background.
+    pub fn warm_up(&self) {
+        self.commands.warm_up();
+    }
+
     /// Starts the periodic sweep of finished records and idle sessions.
     pub fn start_maintenance(self: &Arc<Self>) {
         let app = self.clone();

@@ -6,6 +6,7 @@ pub mod env;
 pub mod lines;
 pub mod registry;
 mod run;
+pub mod warm;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -79,6 +80,7 @@ pub struct Commands {
     cfg: Arc<Config>,
     base_env: Env,
     registry: Registry,
+    warm: Arc<warm::WarmPool>,
 }
 
 /// A validated run, ready to spawn.
@@ -92,17 +94,26 @@ struct Plan {
     cwd: Option<String>,
     timeout: Option<Duration>,
     creds: Option<crate::process::creds::Credentials>,
+    /// Nothing in the request stops it from running in a warm shell.
+    warm_ok: bool,
 }
 
 impl Commands {
     /// A service using `cfg` and execd's environment `base_env`.
     pub fn new(cfg: Arc<Config>, base_env: Env) -> Arc<Self> {
         let registry = Registry::new(cfg.command_retention, cfg.max_finished_commands);
+        let warm = warm::WarmPool::new(cfg.warm_shells, base_env.clone(), cfg.envs_file.clone());
         Arc::new(Self {
             cfg,
             base_env,
             registry,
+            warm,
         })
+    }
+
+    /// Starts the warm shells in the background.
+    pub fn warm_up(&self) {
+        self.warm.refill();
     }
 
     /// The registry of records.
@@ -113,6 +124,7 @@ impl Commands {
     fn plan(&self, req: RunRequest) -> Result<Plan, CommandError> {
         let command = req.command.filter(|c| !c.is_empty());
         let argv = req.argv.filter(|a| !a.is_empty());
+        let argv_given = argv.as_ref().map(Vec::len);
         let (content, program, args) = match (command, argv) {
             (Some(_), Some(_)) => {
                 return Err(CommandError::Invalid("only one of command and argv may be given".into()))
@@ -179,6 +191,9 @@ impl Commands {
                 }
             }
         };
+        let warm_ok = argv_given.is_none()
+            && req.uid.is_none()
+            && req.envs.as_ref().is_none_or(BTreeMap::is_empty);
         let creds = req
             .uid
             .map(|uid| crate::process::creds::resolve_system(uid, req.gid));
@@ -191,11 +206,12 @@ impl Commands {
             cwd,
             timeout,
             creds,
+            warm_ok,
         })
     }
 
     /// Starts a command and returns its event stream.
-    pub fn run(self: &Arc<Self>, req: RunRequest) -> Result<StreamRx, CommandError> {
+    pub async fn run(self: &Arc<Self>, req: RunRequest) -> Result<StreamRx, CommandError> {
         let background = req.background;
         let plan = self.plan(req)?;
         if !self.registry.try_reserve(self.cfg.max_commands) {
@@ -204,7 +220,7 @@ impl Commands {
         let res = if background {
             run::background(self, plan)
         } else {
-            run::foreground(self, plan)
+            run::foreground(self, plan).await
         };
         if res.is_err() {
             self.registry.release();

@@ -21,7 +21,7 @@ use crate::wire::event::Event;
 use crate::wire::stream::{EventSink, StreamRx};
 
 /// Bytes read from a pipe at once.
-const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 16 * 1024;
 /// Interval of `ping` keep-alives (upstream: 3 s).
 const PING_EVERY: Duration = Duration::from_secs(3);
 
@@ -92,60 +92,92 @@ async fn exit_of(rx: oneshot::Receiver<ExitStatus>) -> Result<ExitStatus, String
     rx.await.map_err(|_| "wait: exit status lost".to_string())
 }
 
-/// Starts a foreground command: its events are streamed as it runs.
-pub(super) fn foreground(svc: &Arc<Commands>, plan: Plan) -> Result<StreamRx, CommandError> {
-    let mut cmd = build(&plan);
+/// A started process with piped stdout and stderr.
+#[derive(Debug)]
+pub(super) struct Started {
+    pid: i32,
+    leader: Option<tree::Proc>,
+    exit: oneshot::Receiver<ExitStatus>,
+    out: pipe::Receiver,
+    err: pipe::Receiver,
+}
+
+impl Started {
+    /// Whether the process has already exited.
+    pub(super) fn exited(&mut self) -> bool {
+        !matches!(
+            self.exit.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        )
+    }
+}
+
+/// Spawns `cmd` with stdout and stderr piped to execd.
+pub(super) fn spawn_piped(cmd: &mut Command) -> std::io::Result<Started> {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let started = Instant::now();
-    let started_at = now();
-    let (mut child, exit_rx) = match reaper::spawn(&mut cmd) {
-        Ok(c) => c,
-        Err(e) => {
-            svc.registry.release();
-            let msg = start_error(&plan.program, &e);
-            tracing::info!(command = %plan.id, error = %msg, "command failed to start");
-            return Ok(start_failed(&plan.id, msg));
-        }
-    };
-    drop(cmd);
+    let (mut child, exit) = reaper::spawn(cmd)?;
     let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
     let leader = tree::identify(pid);
-    let rec = svc.registry.insert(
-        plan.id.clone(),
-        plan.content.clone(),
-        false,
-        None,
-        started_at,
-        leader,
-    );
-    tracing::debug!(command = %plan.id, pid, "foreground command started");
     let pipes = child
         .stdout
         .take()
         .zip(child.stderr.take())
         .ok_or_else(|| std::io::Error::other("missing pipes"))
         .and_then(|(o, e)| Ok((receiver(o)?, receiver(e)?)));
-    let (out, err) = match pipes {
-        Ok(p) => p,
+    match pipes {
+        Ok((out, err)) => Ok(Started {
+            pid,
+            leader,
+            exit,
+            out,
+            err,
+        }),
         Err(e) => {
             // Cannot happen with piped stdio; never leave the process behind.
             if let Some(l) = leader {
                 tree::kill_now(&HashSet::from([l]));
             }
-            return Err(e.into());
+            Err(e)
+        }
+    }
+}
+
+/// Starts a foreground command: its events are streamed as it runs.
+pub(super) async fn foreground(svc: &Arc<Commands>, plan: Plan) -> Result<StreamRx, CommandError> {
+    let started = Instant::now();
+    let started_at = now();
+    let warm = if plan.warm_ok && svc.warm.serves(&plan.program) {
+        svc.warm.take(&plan.content, plan.cwd.as_deref()).await
+    } else {
+        None
+    };
+    let proc = match warm {
+        Some(p) => p,
+        None => {
+            let mut cmd = build(&plan);
+            match spawn_piped(&mut cmd) {
+                Ok(p) => p,
+                Err(e) => {
+                    svc.registry.release();
+                    let msg = start_error(&plan.program, &e);
+                    tracing::info!(command = %plan.id, error = %msg, "command failed to start");
+                    return Ok(start_failed(&plan.id, msg));
+                }
+            }
         }
     };
+    let rec = svc.registry.insert(
+        plan.id.clone(),
+        plan.content.clone(),
+        false,
+        None,
+        started_at,
+        proc.leader,
+    );
+    tracing::debug!(command = %plan.id, pid = proc.pid, "foreground command started");
     watch_timeout(&rec, plan.timeout);
     let (sink, rx) = EventSink::channel();
-    tokio::spawn(foreground_task(
-        svc.clone(),
-        rec,
-        exit_rx,
-        out,
-        err,
-        sink,
-        started,
-    ));
+    tokio::spawn(foreground_task(svc.clone(), rec, proc, sink, started));
     Ok(rx)
 }
 
@@ -213,12 +245,13 @@ impl Output {
 async fn foreground_task(
     svc: Arc<Commands>,
     rec: Arc<Record>,
-    mut exit_rx: oneshot::Receiver<ExitStatus>,
-    out: pipe::Receiver,
-    err: pipe::Receiver,
+    proc: Started,
     mut sink: EventSink,
     started: Instant,
 ) {
+    let Started {
+        mut exit, out, err, ..
+    } = proc;
     let mut first = Event::init(&rec.id).to_bytes();
     Event::ping().write_to(&mut first);
     sink.send(first).await;
@@ -232,7 +265,7 @@ async fn foreground_task(
         tokio::select! {
             r = out.pipe.read(&mut obuf), if !out.eof => out.feed(r, &obuf, &mut chunk),
             r = err.pipe.read(&mut ebuf), if !err.eof => err.feed(r, &ebuf, &mut chunk),
-            s = &mut exit_rx => break s.map_err(|_| "wait: exit status lost".to_string()),
+            s = &mut exit => break s.map_err(|_| "wait: exit status lost".to_string()),
             _ = ping.tick() => Event::ping().write_to(&mut chunk),
         }
         sink.send(chunk).await;

@@ -1,11 +1,14 @@
 //! The one place that calls `waitpid`. Every child execd starts is spawned
-//! through [`spawn`], which registers its pid before the reaper can see it
-//! exit; adopted orphans (execd is a subreaper) are reaped and discarded.
+//! through [`spawn`], which registers its pid for its exit status. A status
+//! reaped before its pid was registered waits, briefly and in bounded
+//! number, among the unclaimed ones; adopted orphans (execd is a subreaper)
+//! end up there too and age out.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::process::{Child, Command};
 use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -15,10 +18,24 @@ use tokio::sync::oneshot;
 
 use super::ExitStatus;
 
-static WAITERS: OnceLock<Mutex<HashMap<i32, oneshot::Sender<ExitStatus>>>> = OnceLock::new();
+/// Unclaimed exit statuses kept at most.
+const MAX_UNCLAIMED: usize = 4096;
+/// How long an unclaimed status is kept.
+const UNCLAIMED_FOR: Duration = Duration::from_secs(10);
 
-fn waiters() -> &'static Mutex<HashMap<i32, oneshot::Sender<ExitStatus>>> {
-    WAITERS.get_or_init(|| Mutex::new(HashMap::new()))
+#[derive(Default)]
+struct State {
+    waiters: HashMap<i32, oneshot::Sender<ExitStatus>>,
+    unclaimed: VecDeque<(i32, ExitStatus, Instant)>,
+}
+
+static STATE: OnceLock<Mutex<State>> = OnceLock::new();
+
+fn state() -> std::sync::MutexGuard<'static, State> {
+    STATE
+        .get_or_init(|| Mutex::new(State::default()))
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Starts the reaper task and makes execd a child subreaper. Call once, inside
@@ -51,12 +68,24 @@ fn reap_all() {
                 return;
             }
         };
-        let waiter = waiters()
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&status.0.as_raw());
-        if let Some(tx) = waiter {
-            let _ = tx.send(status.1);
+        let (pid, exit) = (status.0.as_raw(), status.1);
+        let mut st = state();
+        match st.waiters.remove(&pid) {
+            Some(tx) => {
+                let _ = tx.send(exit);
+            }
+            None => {
+                let now = Instant::now();
+                while st
+                    .unclaimed
+                    .front()
+                    .is_some_and(|(_, _, t)| now.duration_since(*t) > UNCLAIMED_FOR)
+                    || st.unclaimed.len() >= MAX_UNCLAIMED
+                {
+                    st.unclaimed.pop_front();
+                }
+                st.unclaimed.push_back((pid, exit, now));
+            }
         }
     }
 }
@@ -65,13 +94,25 @@ fn reap_all() {
 /// its exit status.
 pub fn spawn(cmd: &mut Command) -> io::Result<(Child, oneshot::Receiver<ExitStatus>)> {
     let (tx, rx) = oneshot::channel();
-    // Hold the lock across fork so that the reaper cannot reap the child
-    // before it is registered.
-    let mut map = waiters()
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let before = Instant::now();
+    // No lock is held across fork and exec: other commands' exits are
+    // dispatched meanwhile.
     let child = cmd.spawn()?;
     let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
-    map.insert(pid, tx);
+    let mut st = state();
+    // Reaped already? Only a status reaped after this fork began can be this
+    // child's (until then its pid belonged to someone else).
+    let early = st
+        .unclaimed
+        .iter()
+        .position(|(p, _, t)| *p == pid && *t >= before);
+    match early.and_then(|i| st.unclaimed.remove(i)) {
+        Some((_, exit, _)) => {
+            let _ = tx.send(exit);
+        }
+        None => {
+            st.waiters.insert(pid, tx);
+        }
+    }
     Ok((child, rx))
 }
