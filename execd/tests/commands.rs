@@ -177,13 +177,6 @@ fn killed_by_signal_reports_minus_one() {
     assert_eq!(last["error"]["traceback"], json!(["signal: killed"]));
 }
 
-fn pids_from(events: &[serde_json::Value]) -> Vec<i32> {
-    texts(events, "stdout")
-        .iter()
-        .filter_map(|t| t.strip_prefix("PID ")?.parse().ok())
-        .collect()
-}
-
 /// A command whose children escape its process group and session.
 const ESCAPERS: &str = "sleep 300 & echo PID $!; setsid sleep 301 & echo PID $!; \
     (setsid sh -c 'sleep 302 & echo PID $!; wait' &); sleep 0.2; echo READY; wait";

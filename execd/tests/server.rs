@@ -156,18 +156,9 @@ fn thousand_concurrent_commands() {
                 .stack_size(256 * 1024)
                 .spawn(move || {
                     let body = json!({"command": format!("sleep 1; echo n{i}")}).to_string();
-                    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-                    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-                    use std::io::{Read, Write};
-                    write!(
-                        s,
-                        "POST /command HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-                        body.len()
-                    )
-                    .unwrap();
-                    let mut out = String::new();
-                    s.read_to_string(&mut out).unwrap();
-                    out.contains(&format!("\"text\":\"n{i}\"")) && out.contains("execution_complete")
+                    let out = raw_post(port, "/command", &body);
+                    out.contains(&format!("\"text\":\"n{i}\""))
+                        && out.contains("execution_complete")
                 })
                 .unwrap()
         })
@@ -228,4 +219,35 @@ fn flag_errors_exit_2_and_help_exits_0() {
     let out = Command::new(&bin).arg("-h").output().unwrap();
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("-port"));
+}
+
+#[test]
+fn failed_starts_racing_with_exits() {
+    // A failed exec is waited for by std itself; the reaper must not steal
+    // that child (this once made the handler panic and drop the connection).
+    let e = Execd::start();
+    let port = e.port;
+    let threads: Vec<_> = (0..200)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let body = if i % 2 == 0 {
+                    json!({"argv": ["/nonexistent/prog"]}).to_string()
+                } else {
+                    json!({"command": "true"}).to_string()
+                };
+                let out = raw_post(port, "/command", &body);
+                if i % 2 == 0 {
+                    out.contains("no such file or directory") && out.contains("\"type\":\"error\"")
+                } else {
+                    out.contains("execution_complete")
+                }
+            })
+        })
+        .collect();
+    let ok = threads
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .filter(|ok| *ok)
+        .count();
+    assert_eq!(ok, 200);
 }

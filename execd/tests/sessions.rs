@@ -186,11 +186,7 @@ fn timeout_kills_the_run_not_the_session() {
     let e = Execd::start();
     let sid = create(&e, None);
     let ev = cmd(&e, &sid, "kept=yes; sleep 300 & echo PID $!");
-    let old_job: i32 = texts(&ev, "stdout")[0]
-        .strip_prefix("PID ")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let old_job = pids_from(&ev)[0];
     let start = Instant::now();
     let ev = run(
         &e,
@@ -205,10 +201,7 @@ fn timeout_kills_the_run_not_the_session() {
     let last = ev.last().unwrap();
     assert_eq!(last["type"], "error");
     assert_eq!(last["error"]["evalue"], "-1");
-    let pids: Vec<i32> = texts(&ev, "stdout")
-        .iter()
-        .filter_map(|t| t.strip_prefix("PID ")?.parse().ok())
-        .collect();
+    let pids = pids_from(&ev);
     assert!(
         wait_until(Duration::from_secs(2), || !alive(pids[1])),
         "the run's sleep survived"
@@ -252,17 +245,9 @@ fn runs_in_one_session_are_serialized() {
             let port = e.port;
             let sid = sid.clone();
             std::thread::spawn(move || {
-                let body = json!({"command": format!("echo start{i}; sleep 0.2; echo end{i}")}).to_string();
-                let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-                use std::io::{Read, Write};
-                write!(
-                    s,
-                    "POST /session/{sid}/run HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                )
-                .unwrap();
-                let mut out = String::new();
-                s.read_to_string(&mut out).unwrap();
+                let body = json!({"command": format!("echo start{i}; sleep 0.2; echo end{i}")})
+                    .to_string();
+                let out = raw_post(port, &format!("/session/{sid}/run"), &body);
                 out
             })
         })
@@ -289,11 +274,7 @@ fn delete_and_unknown_sessions() {
     let e = Execd::start();
     let sid = create(&e, None);
     let ev = cmd(&e, &sid, "sleep 300 & echo PID $!");
-    let pid: i32 = texts(&ev, "stdout")[0]
-        .strip_prefix("PID ")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let pid = pids_from(&ev)[0];
     assert!(alive(pid));
     assert_eq!(e.delete(&format!("/session/{sid}")).status, 200);
     assert!(

@@ -1,37 +1,34 @@
-//! The one place that calls `waitpid`. Every child execd starts is spawned
-//! through [`spawn`], which registers its pid for its exit status. A status
-//! reaped before its pid was registered waits, briefly and in bounded
-//! number, among the unclaimed ones; adopted orphans (execd is a subreaper)
-//! end up there too and age out.
+//! The one place that reaps children. Every child execd starts is spawned
+//! through [`spawn`], which registers its pid for its exit status; adopted
+//! orphans (execd is a subreaper) are reaped and their status discarded.
+//!
+//! The reaper looks at an exited child before reaping it (`WNOWAIT`): while
+//! a spawn is in flight, an exited child that is not registered may be the
+//! one std's `Command::spawn` is about to wait for itself (its exec failed),
+//! so it is left alone; the spawner runs the reaper again when it is done.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io;
 use std::process::{Child, Command};
-use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use nix::errno::Errno;
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::oneshot;
 
 use super::ExitStatus;
 
-/// Unclaimed exit statuses kept at most.
-const MAX_UNCLAIMED: usize = 4096;
-/// How long an unclaimed status is kept.
-const UNCLAIMED_FOR: Duration = Duration::from_secs(10);
-
 #[derive(Default)]
 struct State {
     waiters: HashMap<i32, oneshot::Sender<ExitStatus>>,
-    unclaimed: VecDeque<(i32, ExitStatus, Instant)>,
+    spawning: usize,
 }
 
 static STATE: OnceLock<Mutex<State>> = OnceLock::new();
 
-fn state() -> std::sync::MutexGuard<'static, State> {
+fn state() -> MutexGuard<'static, State> {
     STATE
         .get_or_init(|| Mutex::new(State::default()))
         .lock()
@@ -56,35 +53,45 @@ pub fn start() -> io::Result<()> {
     Ok(())
 }
 
+fn exited_pid(s: WaitStatus) -> Option<(Pid, ExitStatus)> {
+    match s {
+        WaitStatus::Exited(pid, code) => Some((pid, ExitStatus::Code(code))),
+        WaitStatus::Signaled(pid, sig, _) => Some((pid, ExitStatus::Signal(sig as i32))),
+        _ => None,
+    }
+}
+
+/// Reaps every exited child it may.
 fn reap_all() {
     loop {
-        let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, code)) => (pid, ExitStatus::Code(code)),
-            Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, ExitStatus::Signal(sig as i32)),
-            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
-            Ok(_) | Err(Errno::EINTR) => continue,
+        let peek = waitid(
+            Id::All,
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+        );
+        let pid = match peek {
+            Ok(s) => match exited_pid(s) {
+                Some((pid, _)) => pid,
+                None => return, // StillAlive: nothing has exited
+            },
+            Err(Errno::EINTR) => continue,
+            Err(Errno::ECHILD) => return,
             Err(e) => {
-                tracing::warn!(error = %e, "waitpid failed");
+                tracing::warn!(error = %e, "waitid failed");
                 return;
             }
         };
-        let (pid, exit) = (status.0.as_raw(), status.1);
         let mut st = state();
-        match st.waiters.remove(&pid) {
-            Some(tx) => {
+        if st.spawning > 0 && !st.waiters.contains_key(&pid.as_raw()) {
+            return;
+        }
+        let reaped = match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(s) => exited_pid(s),
+            Err(Errno::EINTR) => continue,
+            Err(_) => None,
+        };
+        if let Some((pid, exit)) = reaped {
+            if let Some(tx) = st.waiters.remove(&pid.as_raw()) {
                 let _ = tx.send(exit);
-            }
-            None => {
-                let now = Instant::now();
-                while st
-                    .unclaimed
-                    .front()
-                    .is_some_and(|(_, _, t)| now.duration_since(*t) > UNCLAIMED_FOR)
-                    || st.unclaimed.len() >= MAX_UNCLAIMED
-                {
-                    st.unclaimed.pop_front();
-                }
-                st.unclaimed.push_back((pid, exit, now));
             }
         }
     }
@@ -94,25 +101,19 @@ fn reap_all() {
 /// its exit status.
 pub fn spawn(cmd: &mut Command) -> io::Result<(Child, oneshot::Receiver<ExitStatus>)> {
     let (tx, rx) = oneshot::channel();
-    let before = Instant::now();
+    state().spawning += 1;
     // No lock is held across fork and exec: other commands' exits are
     // dispatched meanwhile.
-    let child = cmd.spawn()?;
-    let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
-    let mut st = state();
-    // Reaped already? Only a status reaped after this fork began can be this
-    // child's (until then its pid belonged to someone else).
-    let early = st
-        .unclaimed
-        .iter()
-        .position(|(p, _, t)| *p == pid && *t >= before);
-    match early.and_then(|i| st.unclaimed.remove(i)) {
-        Some((_, exit, _)) => {
-            let _ = tx.send(exit);
-        }
-        None => {
-            st.waiters.insert(pid, tx);
+    let spawned = cmd.spawn();
+    {
+        let mut st = state();
+        st.spawning -= 1;
+        if let Ok(child) = &spawned {
+            st.waiters
+                .insert(i32::try_from(child.id()).unwrap_or(i32::MAX), tx);
         }
     }
-    Ok((child, rx))
+    // Children left for this spawn to finish can be reaped now.
+    reap_all();
+    Ok((spawned?, rx))
 }

@@ -461,3 +461,27 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// POSTs `body` to `path` on its own connection (usable from any thread)
+/// and returns the whole raw response.
+pub fn raw_post(port: u16, path: &str, body: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// Pids from output lines of the form `PID <n>`.
+pub fn pids_from(events: &[Value]) -> Vec<i32> {
+    texts(events, "stdout")
+        .iter()
+        .filter_map(|t| t.strip_prefix("PID ")?.parse().ok())
+        .collect()
+}
