@@ -646,3 +646,21 @@ fn waiting_shells(e: &Execd) -> Vec<i32> {
     out.sort_unstable();
     out
 }
+
+#[test]
+fn slow_client_applies_back_pressure() {
+    let e = Execd::start();
+    // 100 MB of output that the client does not read for a while.
+    let mut s = e.stream(
+        "/command",
+        &json!({"command": "head -c 100000000 /dev/zero | tr '\\0' x | fold -w 1000"}),
+    );
+    assert_eq!(s.next_event().unwrap()["type"], "init");
+    std::thread::sleep(Duration::from_millis(1500));
+    let (rss, _) = e.rss_kib();
+    assert!(rss < 32 * 1024, "execd RSS {rss} KiB while the client stalls");
+    let rest = s.collect_all();
+    let bytes: usize = texts(&rest, "stdout").iter().map(|t| t.len()).sum();
+    assert_eq!(bytes, 100_000_000);
+    assert_eq!(rest.last().unwrap()["type"], "execution_complete");
+}
