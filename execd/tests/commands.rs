@@ -658,7 +658,10 @@ fn slow_client_applies_back_pressure() {
     assert_eq!(s.next_event().unwrap()["type"], "init");
     std::thread::sleep(Duration::from_millis(1500));
     let (rss, _) = e.rss_kib();
-    assert!(rss < 32 * 1024, "execd RSS {rss} KiB while the client stalls");
+    assert!(
+        rss < 32 * 1024,
+        "execd RSS {rss} KiB while the client stalls"
+    );
     let rest = s.collect_all();
     let bytes: usize = texts(&rest, "stdout").iter().map(|t| t.len()).sum();
     assert_eq!(bytes, 100_000_000);

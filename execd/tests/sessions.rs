@@ -329,7 +329,9 @@ fn idle_sessions_are_closed() {
 fn without_bash_sessions_fail_clearly_and_commands_use_sh() {
     let empty = scratch("nobash");
     let e = Execd::start_with(&[], &[("PATH", empty.to_str().unwrap())]);
-    let msg = e.post("/session", &json!({})).assert_error(500, "RUNTIME_ERROR");
+    let msg = e
+        .post("/session", &json!({}))
+        .assert_error(500, "RUNTIME_ERROR");
     assert!(msg.contains("bash not found"), "{msg}");
     // Commands fall back to sh, as upstream.
     let ev = e.run(json!({"command": "echo from-sh"}));
