@@ -2,21 +2,35 @@
 //! `cargo bench -p execd --bench command_roundtrip` (or `bench/run.sh`).
 //!
 //! It starts the release binary (`EXECD_BIN`, else the static musl build in
-//! `target/x86_64-unknown-linux-musl/release/execd`) on a free port and
-//! reports, in one run:
+//! `target/x86_64-unknown-linux-musl/release/execd`) twice on free ports: once
+//! with the default configuration and once with `-warm-shells=0`. It reports,
+//! in one run, the round trip of `POST /command {"command":"true"}` to the end
+//! of its event stream (p50, p99, ...) in three scenarios, each over its own
+//! keep-alive connection and each side by side with the floor, a direct
+//! spawn-and-wait of `bash -c true` (the shell every command runs in):
 //!
-//! - the round trip of `POST /command {"command":"true"}` to the end of its
-//!   event stream over one keep-alive connection (p50, p99, mean), side by
-//!   side with the floor: a direct spawn-and-wait of `bash -c true`, the
-//!   shell every command runs in. The two are measured in interleaved blocks
-//!   so that a noisy machine penalises both alike;
-//! - execd's idle RSS, its RSS after at least 1,000 commands and its peak RSS;
-//! - the size of the binary under test, and whether it is static.
+//! - closed loop (the headline): the next request is sent as soon as the
+//!   previous response has ended, default configuration. The warm-shell pool
+//!   often cannot refill in time, so results are bimodal;
+//! - think time: the same, with a pause of [`THINK`] before every request,
+//!   as an agent would leave, default configuration. The pause is not
+//!   counted, and the floor of this row pauses the same way before every
+//!   spawn;
+//! - cold path: closed loop against the `-warm-shells=0` instance, where every
+//!   command forks bash, to show what warm shells buy.
+//!
+//! All scenarios and both floors are measured in interleaved blocks, their
+//! order rotating from one round of blocks to the next, so that a noisy
+//! machine penalises all alike. The report also gives execd's CPU time per
+//! command, the default instance's idle RSS, its RSS after at least 1,000
+//! commands and its peak RSS, and the size of the binary under test and
+//! whether it is static.
 //!
 //! execd and the floor's bash get the same small environment (`PATH`,
 //! `HOME`, `LANG`, `TMPDIR`), as in a sandbox. The table is printed and
 //! written to `target/bench-command-roundtrip.md`.
-//! `BENCH_N` sets the number of measured round trips per side (default 2000).
+//! `BENCH_N` sets the number of measured round trips per scenario and per
+//! floor (default 2000).
 //!
 //! Built with `harness = false`: under `cargo test --benches` (no `--bench`
 //! argument) it skips itself instead of running the whole benchmark.
@@ -29,17 +43,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Unmeasured execd commands before the measurement.
+/// Unmeasured execd commands per scenario before the measurement.
 const WARMUP: usize = 200;
 /// Unmeasured floor spawns before the measurement.
 const WARMUP_FLOOR: usize = 50;
-/// Round trips per block; execd and floor blocks alternate.
+/// Round trips per block; the blocks of the scenarios and floors alternate.
 const BLOCK: usize = 100;
-/// Default measured round trips per side.
+/// Default measured round trips per scenario and per floor.
 const DEFAULT_N: usize = 2000;
 /// Commands execd must have run before "RSS after 1,000 commands" is read.
 const RSS_AFTER: usize = 1000;
-/// More failed round trips than this abort the run early.
+/// The pause before every request of the think-time scenario (and before
+/// every spawn of its floor), not counted in the latency.
+const THINK: Duration = Duration::from_millis(5);
+/// More failed round trips of one scenario than this abort the run early.
 const MAX_FAILURES: usize = 10;
 /// The request body.
 const BODY: &str = r#"{"command":"true"}"#;
@@ -80,7 +97,7 @@ struct Execd {
 }
 
 impl Execd {
-    fn start(bin: &Path, log: &Path, env: &[(String, String)]) -> Result<Self> {
+    fn start(bin: &Path, args: &[&str], log: &Path, env: &[(String, String)]) -> Result<Self> {
         let port = free_port()?;
         let out =
             std::fs::File::create(log).map_err(|e| format!("create {}: {e}", log.display()))?;
@@ -89,6 +106,7 @@ impl Execd {
             .map_err(|e| format!("dup {}: {e}", log.display()))?;
         let child = Command::new(bin)
             .arg(format!("-port={port}"))
+            .args(args)
             .env_clear()
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -386,6 +404,125 @@ impl Client {
     }
 }
 
+/// One execd scenario: a client of one instance, with or without a pause
+/// before every request.
+struct Scenario {
+    client: Client,
+    /// The instance, for its CPU time.
+    pid: u32,
+    /// Slept before every request, outside the measured time.
+    think: Duration,
+    /// Time to the end of the event stream.
+    end: Samples,
+    /// Time to the terminal event.
+    terminal: Samples,
+    /// Round trips measured, successful or not.
+    measured: usize,
+    /// execd's CPU time during the measured blocks.
+    cpu: Duration,
+}
+
+impl Scenario {
+    fn new(execd: &Execd, think: Duration) -> Self {
+        Self {
+            client: Client {
+                addr: execd.addr(),
+                conn: None,
+                commands: 0,
+                failures: Vec::new(),
+            },
+            pid: execd.pid(),
+            think,
+            end: Samples::default(),
+            terminal: Samples::default(),
+            measured: 0,
+            cpu: Duration::ZERO,
+        }
+    }
+
+    /// One round trip after the pause, measured or not.
+    fn once(&mut self) -> Result<Option<(Duration, Duration)>> {
+        if !self.think.is_zero() {
+            std::thread::sleep(self.think);
+        }
+        self.client.roundtrip()
+    }
+
+    fn warm_up(&mut self) -> Result<()> {
+        for _ in 0..WARMUP {
+            self.once()?;
+        }
+        Ok(())
+    }
+
+    /// `k` measured round trips.
+    fn block(&mut self, k: usize) -> Result<()> {
+        let cpu_before = cpu_time(self.pid)?;
+        for _ in 0..k {
+            if let Some((end, terminal)) = self.once()? {
+                self.end.push(end);
+                self.terminal.push(terminal);
+            }
+        }
+        self.cpu += cpu_time(self.pid)?.saturating_sub(cpu_before);
+        self.measured += k;
+        Ok(())
+    }
+
+    fn cpu_per_command(&self) -> f64 {
+        self.cpu.as_secs_f64() / self.measured.max(1) as f64
+    }
+}
+
+/// The floor, with or without a pause before every spawn.
+struct Floor {
+    think: Duration,
+    samples: Samples,
+}
+
+impl Floor {
+    /// `k` measured spawns.
+    fn block(&mut self, k: usize, bash: &Path, env: &[(String, String)]) -> Result<()> {
+        for _ in 0..k {
+            if !self.think.is_zero() {
+                std::thread::sleep(self.think);
+            }
+            self.samples.push(floor_once(bash, env)?);
+        }
+        Ok(())
+    }
+}
+
+/// What one block measures.
+#[derive(Clone, Copy)]
+enum Side {
+    ClosedLoop,
+    Floor,
+    ThinkTime,
+    FloorThinkTime,
+    ColdPath,
+}
+
+/// The order of the blocks in the first round; later rounds rotate it.
+const SIDES: [Side; 5] = [
+    Side::ClosedLoop,
+    Side::Floor,
+    Side::ThinkTime,
+    Side::FloorThinkTime,
+    Side::ColdPath,
+];
+
+/// "a / b / ..." of the values, each formatted by `f`.
+fn joined(values: &[f64], f: impl Fn(f64) -> String) -> String {
+    values.iter().map(|&v| f(v)).collect::<Vec<_>>().join(" / ")
+}
+
+/// "1.23x / 0.98x / ..." of the execd values over the floor values.
+fn ratios(execd: &[f64], floor: &[f64]) -> String {
+    let r: Vec<f64> = execd.iter().zip(floor).map(|(e, f)| e / f).collect();
+    joined(&r, |v| format!("{v:.2}x"))
+}
+
 /// The direct spawn-and-wait of `bash -c true`.
 fn floor_once(bash: &Path, env: &[(String, String)]) -> Result<Duration> {
     let t0 = Instant::now();
@@ -495,54 +632,66 @@ fn run() -> Result<()> {
     };
     let bash = find_bash();
     std::fs::create_dir_all(&target).map_err(|e| format!("create {}: {e}", target.display()))?;
-    let log = target.join("bench-command-roundtrip.execd.log");
 
     let env = bench_env();
-    let execd = Execd::start(&bin, &log, &env)?;
+    // Both instances are killed when dropped, on every way out of here.
+    let execd = Execd::start(
+        &bin,
+        &[],
+        &target.join("bench-command-roundtrip.execd.log"),
+        &env,
+    )?;
+    let cold = Execd::start(
+        &bin,
+        &["-warm-shells=0"],
+        &target.join("bench-command-roundtrip.cold.execd.log"),
+        &env,
+    )?;
     let pid = execd.pid();
     std::thread::sleep(Duration::from_secs(1));
     let idle_rss = proc_status(pid, "VmRSS")?;
 
-    let mut client = Client {
-        addr: execd.addr(),
-        conn: None,
-        commands: 0,
-        failures: Vec::new(),
+    let mut closed = Scenario::new(&execd, Duration::ZERO);
+    let mut think = Scenario::new(&execd, THINK);
+    let mut cold_path = Scenario::new(&cold, Duration::ZERO);
+    let mut floor = Floor {
+        think: Duration::ZERO,
+        samples: Samples::default(),
     };
-    for _ in 0..WARMUP {
-        client.roundtrip()?;
-    }
+    let mut floor_think = Floor {
+        think: THINK,
+        samples: Samples::default(),
+    };
+    closed.warm_up()?;
+    think.warm_up()?;
+    cold_path.warm_up()?;
     for _ in 0..WARMUP_FLOOR {
         floor_once(&bash, &env)?;
     }
 
-    let mut execd_end = Samples::default();
-    let mut execd_terminal = Samples::default();
-    let mut floor = Samples::default();
-    let cpu_before = cpu_time(pid)?;
     let mut left = n;
+    let mut round = 0;
     while left > 0 {
         let k = left.min(BLOCK);
-        for _ in 0..k {
-            if let Some((end, terminal)) = client.roundtrip()? {
-                execd_end.push(end);
-                execd_terminal.push(terminal);
+        for i in 0..SIDES.len() {
+            match SIDES[(round + i) % SIDES.len()] {
+                Side::ClosedLoop => closed.block(k)?,
+                Side::Floor => floor.block(k, &bash, &env)?,
+                Side::ThinkTime => think.block(k)?,
+                Side::FloorThinkTime => floor_think.block(k, &bash, &env)?,
+                Side::ColdPath => cold_path.block(k)?,
             }
         }
-        for _ in 0..k {
-            floor.push(floor_once(&bash, &env)?);
-        }
         left -= k;
+        round += 1;
     }
-    let cpu_per_command = (cpu_time(pid)? - cpu_before).as_secs_f64() / n as f64;
-    while client.commands < RSS_AFTER {
-        client.roundtrip()?;
+    drop(cold);
+    while closed.client.commands + think.client.commands < RSS_AFTER {
+        closed.client.roundtrip()?;
     }
     let rss_after = proc_status(pid, "VmRSS")?;
     let peak_rss = proc_status(pid, "VmHWM")?;
-    let total_commands = client.commands;
-    let failures = std::mem::take(&mut client.failures);
-    drop(client);
+    let total_commands = closed.client.commands + think.client.commands;
     drop(execd);
 
     let size = std::fs::metadata(&bin)
@@ -564,19 +713,18 @@ fn run() -> Result<()> {
     };
     let is_static = linkage.starts_with("static");
 
-    let (e50, f50) = (execd_end.pct(0.50), floor.pct(0.50));
-    let (e99, f99) = (execd_end.pct(0.99), floor.pct(0.99));
-    let (emean, fmean) = (execd_end.mean(), floor.mean());
-    let t50 = execd_terminal.pct(0.50);
-    let t99 = execd_terminal.pct(0.99);
-    let ratio = e50 / f50;
+    let p50_p99 = |s: &Samples| [s.pct(0.50), s.pct(0.99)];
+    let floor_p = p50_p99(&floor.samples);
+    let closed_p = p50_p99(&closed.end);
+    let ratio = closed_p[0] / floor_p[0];
     let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let think_ms = THINK.as_millis();
 
     let mut out = String::new();
     let _ = writeln!(out, "## execd command round trip\n");
     let _ = writeln!(
         out,
-        "Binary `{}`; bash `{}`; {cpus} CPUs; environment of execd and the floor: {}. {n} round trips per side after {WARMUP} warm-up commands, execd and floor interleaved in blocks of {BLOCK}; execd over one keep-alive connection.\n",
+        "Binary `{}`; bash `{}`; {cpus} CPUs; environment of execd and the floor: {}. {n} round trips per scenario and per floor after {WARMUP} warm-up commands per scenario, all interleaved in blocks of {BLOCK} (order rotating each round); each scenario over its own keep-alive connection. Closed loop: next request as soon as the previous response ends. Think time: {think_ms} ms pause before each request (not counted), and before each spawn of its floor. Cold path: closed loop against a second instance with `-warm-shells=0`. Other rows: the default instance.\n",
         bin.display(),
         bash.display(),
         env.iter()
@@ -591,46 +739,55 @@ fn run() -> Result<()> {
     let _ = writeln!(out, "|---|---|---|---|---|---|");
     let _ = writeln!(
         out,
-        "| round trip p50 | {} | {} | {ratio:.2}x | <= {TARGET_RATIO}x floor: {} | {UPSTREAM_P50} |",
-        ms(e50),
-        ms(f50),
+        "| closed loop p50 / p99 | {} | {} | {} | p50 <= {TARGET_RATIO}x floor: {} | p50 {UPSTREAM_P50} |",
+        joined(&closed_p, ms),
+        joined(&floor_p, ms),
+        ratios(&closed_p, &floor_p),
         verdict(ratio <= TARGET_RATIO)
     );
+    let spread = |s: &Samples| [s.pct(0.10), s.pct(0.90), s.mean()];
+    let (closed_s, floor_s) = (spread(&closed.end), spread(&floor.samples));
     let _ = writeln!(
         out,
-        "| round trip p99 | {} | {} | {:.2}x | | |",
-        ms(e99),
-        ms(f99),
-        e99 / f99
+        "| closed loop p10 / p90 / mean | {} | {} | {} | | |",
+        joined(&closed_s, ms),
+        joined(&floor_s, ms),
+        ratios(&closed_s, &floor_s)
+    );
+    let terminal_p = p50_p99(&closed.terminal);
+    let _ = writeln!(
+        out,
+        "| closed loop to terminal event p50 / p99 | {} | | {} | | |",
+        joined(&terminal_p, ms),
+        ratios(&terminal_p, &floor_p)
+    );
+    let (think_p, floor_think_p) = (p50_p99(&think.end), p50_p99(&floor_think.samples));
+    let _ = writeln!(
+        out,
+        "| {think_ms} ms think time p50 / p99 | {} | {} (same pause) | {} | | |",
+        joined(&think_p, ms),
+        joined(&floor_think_p, ms),
+        ratios(&think_p, &floor_think_p)
+    );
+    let cold_p = p50_p99(&cold_path.end);
+    let _ = writeln!(
+        out,
+        "| cold path (`-warm-shells=0`) p50 / p99 | {} | {} | {} | | |",
+        joined(&cold_p, ms),
+        joined(&floor_p, ms),
+        ratios(&cold_p, &floor_p)
     );
     let _ = writeln!(
         out,
-        "| round trip p10 / p90 | {} / {} | {} / {} | {:.2}x / {:.2}x | | |",
-        ms(execd_end.pct(0.10)),
-        ms(execd_end.pct(0.90)),
-        ms(floor.pct(0.10)),
-        ms(floor.pct(0.90)),
-        execd_end.pct(0.10) / floor.pct(0.10),
-        execd_end.pct(0.90) / floor.pct(0.90)
-    );
-    let _ = writeln!(
-        out,
-        "| round trip mean | {} | {} | {:.2}x | | |",
-        ms(emean),
-        ms(fmean),
-        emean / fmean
-    );
-    let _ = writeln!(
-        out,
-        "| to terminal event p50 / p99 | {} / {} | | {:.2}x | | |",
-        ms(t50),
-        ms(t99),
-        t50 / f50
-    );
-    let _ = writeln!(
-        out,
-        "| execd CPU time per command | {} | | | | |",
-        ms(cpu_per_command)
+        "| execd CPU time per command: closed loop / think time / cold path | {} | | | | |",
+        joined(
+            &[
+                closed.cpu_per_command(),
+                think.cpu_per_command(),
+                cold_path.cpu_per_command()
+            ],
+            ms
+        )
     );
     let _ = writeln!(
         out,
@@ -650,7 +807,17 @@ fn run() -> Result<()> {
         mb(size),
         verdict(is_static && size < TARGET_BINARY)
     );
-    let _ = writeln!(out, "| failed round trips | {} | | | 0 | |", failures.len());
+    let failures: Vec<&String> = [&closed, &think, &cold_path]
+        .iter()
+        .flat_map(|s| &s.client.failures)
+        .collect();
+    let _ = writeln!(
+        out,
+        "| failed round trips: closed loop / think time / cold path | {} / {} / {} | | | 0 | |",
+        closed.client.failures.len(),
+        think.client.failures.len(),
+        cold_path.client.failures.len()
+    );
     for f in failures.iter().take(3) {
         let _ = writeln!(out, "\nfailure: {f}");
     }

@@ -139,6 +139,9 @@ fn bad_command_requests_get_clear_errors() {
     let big = format!(r#"{{"command":"{}"}}"#, "x".repeat(17 << 20));
     let r = e.post_raw("/command", big.as_bytes());
     r.assert_error(413, "INVALID_REQUEST_BODY");
+    // The largest timeout is accepted and simply never fires.
+    let ev = e.run(json!({"command": "echo big", "timeout": i64::MAX}));
+    assert_eq!(texts(&ev, "stdout"), ["big"]);
     // execd is fine afterwards.
     assert_eq!(
         texts(&e.run(json!({"command": "echo fine"})), "stdout"),

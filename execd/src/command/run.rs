@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 use super::lines::LineSplitter;
 use super::registry::Record;
@@ -177,7 +178,8 @@ pub(super) async fn foreground(svc: &Arc<Commands>, plan: Plan) -> Result<Stream
     tracing::debug!(command = %plan.id, pid = proc.pid, "foreground command started");
     watch_timeout(&rec, plan.timeout);
     let (sink, rx) = EventSink::channel();
-    tokio::spawn(foreground_task(svc.clone(), rec, proc, sink, started));
+    let span = tracing::info_span!("command", id = %plan.id);
+    tokio::spawn(foreground_task(svc.clone(), rec, proc, sink, started).instrument(span));
     Ok(rx)
 }
 
@@ -277,7 +279,7 @@ async fn foreground_task(
     err.detach();
     rec.finish(status.clone());
     svc.registry.release();
-    tracing::debug!(command = %rec.id, ?status, "foreground command finished");
+    tracing::debug!(?status, "foreground command finished");
     chunk.extend_from_slice(&terminal_event(status, started));
     sink.send(chunk).await;
 }
@@ -332,12 +334,16 @@ pub(super) fn background(svc: &Arc<Commands>, plan: Plan) -> Result<StreamRx, Co
     ));
     let svc2 = svc.clone();
     let rec2 = rec.clone();
-    tokio::spawn(async move {
-        let status = exit_of(exit_rx).await;
-        rec2.finish(status.clone());
-        svc2.registry.release();
-        tracing::debug!(command = %rec2.id, ?status, "background command finished");
-    });
+    let span = tracing::info_span!("command", id = %plan.id, background = true);
+    tokio::spawn(
+        async move {
+            let status = exit_of(exit_rx).await;
+            rec2.finish(status.clone());
+            svc2.registry.release();
+            tracing::debug!(?status, "background command finished");
+        }
+        .instrument(span),
+    );
     watch_timeout(&rec, plan.timeout);
     let (mut sink, rx) = EventSink::channel();
     let mut buf = Event::init(&plan.id).to_bytes();

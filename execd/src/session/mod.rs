@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use tokio::time::Instant as TokioInstant;
+use tracing::Instrument;
 
 use crate::command::env::{command_env, Env};
 use crate::command::lines::LineSplitter;
@@ -239,9 +240,8 @@ impl Sessions {
             }
         };
         let (sink, rx) = EventSink::channel();
-        tokio::spawn(async move {
-            run_task(session, command, cwd, timeout, sink).await;
-        });
+        let span = tracing::info_span!("session_run", session = %session.id);
+        tokio::spawn(run_task(session, command, cwd, timeout, sink).instrument(span));
         Ok(rx)
     }
 }
