@@ -1,6 +1,21 @@
-//! egress: the per-sandbox network sidecar (policy API on :18080, DNS proxy,
-//! nftables enforcement over netlink, TLS interception with credential
-//! injection).
+//! egress: the per-sandbox network sidecar, a drop-in replacement for
+//! OpenSandbox's egress (policy API on :18080, DNS proxy on 127.0.0.1:15353).
 //!
-//! Nothing is implemented yet; issue 5 (outbound network policy) fills this
-//! crate. It exists now so that the workspace has its final shape.
+//! Layout, one job per module:
+//! - [`config`]: upstream's environment variables into one [`config::Config`].
+//! - [`policy`]: the policy model, validation, PATCH/DELETE semantics and the compiled matcher.
+//! - [`state`]: the policy in force, its persistence and the refusal log.
+//! - [`dns`]: the DNS proxy.
+//! - [`api`]: the HTTP API.
+//! - [`events`]: refusals, bounded.
+//!
+//! Not here yet (issue 5 continues): nftables over netlink (`nft/`), the DNS
+//! redirect, `dns+nft` enforcement, and the network-namespace tests. Later
+//! issues add the TLS interceptor and the Credential Vault (`mitm/`, `vault/`).
+
+pub mod api;
+pub mod config;
+pub mod dns;
+pub mod events;
+pub mod policy;
+pub mod state;

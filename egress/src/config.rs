@@ -1,0 +1,300 @@
+//! Configuration from upstream's environment variables, parsed once into
+//! [`Config`]; tested with a map, not the process environment.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The auth token: prints as `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    /// The value, for the one comparison that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// What is enforced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// DNS filtering only.
+    Dns,
+    /// DNS filtering plus nftables on every connection.
+    DnsNft,
+}
+
+impl Mode {
+    /// `dns` or `dns+nft`, as the API reports it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Dns => "dns",
+            Self::DnsNft => "dns+nft",
+        }
+    }
+}
+
+/// Everything egress is configured with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `OPENSANDBOX_EGRESS_MODE`: `dns` (default) or `dns+nft` (tokens in any order and case).
+    pub mode: Mode,
+    /// `OPENSANDBOX_EGRESS_RULES`: the initial policy as JSON.
+    pub rules: Option<String>,
+    /// `OPENSANDBOX_EGRESS_POLICY_FILE`: where the policy is kept across restarts.
+    pub policy_file: Option<PathBuf>,
+    /// `OPENSANDBOX_EGRESS_HTTP_ADDR` (default `:18080`, all interfaces).
+    pub http_addr: SocketAddr,
+    /// `OPENSANDBOX_EGRESS_TOKEN`: required `OPENSANDBOX-EGRESS-AUTH` value.
+    pub token: Option<Token>,
+    /// `OPENSANDBOX_EGRESS_MAX_RULES` (default 4096; 0 = unlimited).
+    pub max_rules: usize,
+    /// `OPENSANDBOX_EGRESS_LOG_LEVEL` (default `info`).
+    pub log_level: String,
+    /// `OPENSANDBOX_EGRESS_DNS_UPSTREAM`: resolvers (literal IP[:port]); else from resolv.conf.
+    pub dns_upstream: Vec<SocketAddr>,
+    /// `OPENSANDBOX_EGRESS_DNS_UPSTREAM_TIMEOUT` seconds per upstream exchange (1..=120, default 5).
+    pub dns_upstream_timeout: Duration,
+    /// `OPENSANDBOX_EGRESS_DNS_ADDR` (extension): the DNS proxy's address (default 127.0.0.1:15353).
+    pub dns_addr: SocketAddr,
+    /// `OPENSANDBOX_EGRESS_RESOLV_CONF` (extension): where upstream resolvers are read from.
+    pub resolv_conf: PathBuf,
+    /// `OPENSANDBOX_EGRESS_EVENTS_MAX` (extension): refusals kept for `GET /events` (default 1024).
+    pub events_max: usize,
+}
+
+/// A configuration error.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{name}: {reason}")]
+pub struct ConfigError {
+    /// The variable.
+    pub name: &'static str,
+    /// What is wrong.
+    pub reason: String,
+}
+
+fn err(name: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        name,
+        reason: reason.into(),
+    }
+}
+
+/// Parses `ip`, `ip:port`, `[v6]` or `[v6]:port` (port 53 by default).
+pub fn parse_resolver(s: &str) -> Option<SocketAddr> {
+    let s = s.trim();
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Some(sa);
+    }
+    if let Ok(ip) = s
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
+        return Some(SocketAddr::new(ip, 53));
+    }
+    None
+}
+
+fn parse_listen(name: &'static str, s: &str) -> Result<SocketAddr, ConfigError> {
+    let s = s.trim();
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_string()
+    };
+    full.parse()
+        .map_err(|_| err(name, format!("invalid listen address {s:?}")))
+}
+
+impl Config {
+    /// Parses the configuration from an environment lookup.
+    pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |k: &str| {
+            env(k)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let mode = match get("OPENSANDBOX_EGRESS_MODE") {
+            None => Mode::Dns,
+            Some(m) => {
+                let mut toks: Vec<String> = m
+                    .split('+')
+                    .map(|t| t.trim().to_ascii_lowercase())
+                    .collect();
+                toks.sort();
+                match toks
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .as_slice()
+                {
+                    ["dns"] => Mode::Dns,
+                    ["dns", "nft"] => Mode::DnsNft,
+                    _ => {
+                        return Err(err(
+                            "OPENSANDBOX_EGRESS_MODE",
+                            format!("{m:?}: must be dns or dns+nft"),
+                        ))
+                    }
+                }
+            }
+        };
+        let dns_upstream = match get("OPENSANDBOX_EGRESS_DNS_UPSTREAM") {
+            None => Vec::new(),
+            Some(list) => {
+                let mut out: Vec<SocketAddr> = Vec::new();
+                for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    let sa = parse_resolver(item).ok_or_else(|| {
+                        err(
+                            "OPENSANDBOX_EGRESS_DNS_UPSTREAM",
+                            format!("{item:?} is not a literal IP[:port]"),
+                        )
+                    })?;
+                    if !out.contains(&sa) {
+                        out.push(sa);
+                    }
+                }
+                out
+            }
+        };
+        let timeout = get("OPENSANDBOX_EGRESS_DNS_UPSTREAM_TIMEOUT")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(5)
+            .clamp(1, 120);
+        Ok(Self {
+            mode,
+            rules: get("OPENSANDBOX_EGRESS_RULES"),
+            policy_file: get("OPENSANDBOX_EGRESS_POLICY_FILE").map(PathBuf::from),
+            http_addr: parse_listen(
+                "OPENSANDBOX_EGRESS_HTTP_ADDR",
+                &get("OPENSANDBOX_EGRESS_HTTP_ADDR").unwrap_or_else(|| ":18080".into()),
+            )?,
+            token: get("OPENSANDBOX_EGRESS_TOKEN").map(Token),
+            max_rules: match get("OPENSANDBOX_EGRESS_MAX_RULES") {
+                None => 4096,
+                Some(v) => v.parse().unwrap_or(4096),
+            },
+            log_level: get("OPENSANDBOX_EGRESS_LOG_LEVEL").unwrap_or_else(|| "info".into()),
+            dns_upstream,
+            dns_upstream_timeout: Duration::from_secs(timeout),
+            dns_addr: parse_listen(
+                "OPENSANDBOX_EGRESS_DNS_ADDR",
+                &get("OPENSANDBOX_EGRESS_DNS_ADDR").unwrap_or_else(|| "127.0.0.1:15353".into()),
+            )?,
+            resolv_conf: get("OPENSANDBOX_EGRESS_RESOLV_CONF")
+                .map_or_else(|| PathBuf::from("/etc/resolv.conf"), PathBuf::from),
+            events_max: get("OPENSANDBOX_EGRESS_EVENTS_MAX")
+                .and_then(|v| v.parse().ok())
+                .filter(|n| *n > 0)
+                .unwrap_or(1024),
+        })
+    }
+
+    /// The resolvers to forward to: the configured ones, else the
+    /// `nameserver` lines of resolv.conf (non-loopback first, at most 10,
+    /// never the proxy itself), else 8.8.8.8 as upstream does.
+    pub fn resolvers(&self) -> Vec<SocketAddr> {
+        if !self.dns_upstream.is_empty() {
+            return self.dns_upstream.clone();
+        }
+        let text = std::fs::read_to_string(&self.resolv_conf).unwrap_or_default();
+        let mut found: Vec<SocketAddr> = text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("nameserver"))
+            .filter_map(|rest| parse_resolver(rest.split('#').next().unwrap_or("")))
+            .filter(|sa| *sa != self.dns_addr)
+            .collect();
+        found.dedup();
+        found.sort_by_key(|sa| sa.ip().is_loopback());
+        found.truncate(10);
+        if found.is_empty() {
+            found.push(SocketAddr::from(([8, 8, 8, 8], 53)));
+        }
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect();
+        Config::from_env(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.mode, Mode::Dns);
+        assert_eq!(c.http_addr, "0.0.0.0:18080".parse().unwrap());
+        assert_eq!(c.dns_addr, "127.0.0.1:15353".parse().unwrap());
+        assert_eq!(c.max_rules, 4096);
+        assert_eq!(c.dns_upstream_timeout, Duration::from_secs(5));
+        assert!(c.token.is_none());
+    }
+
+    #[test]
+    fn values() {
+        let c = parse(&[
+            ("OPENSANDBOX_EGRESS_MODE", "NFT+dns"),
+            ("OPENSANDBOX_EGRESS_TOKEN", "t0k"),
+            (
+                "OPENSANDBOX_EGRESS_DNS_UPSTREAM",
+                "10.0.0.2, [::1]:5353,10.0.0.2:53",
+            ),
+            ("OPENSANDBOX_EGRESS_DNS_UPSTREAM_TIMEOUT", "500"),
+            ("OPENSANDBOX_EGRESS_HTTP_ADDR", "127.0.0.1:9"),
+            ("OPENSANDBOX_EGRESS_MAX_RULES", "0"),
+        ])
+        .unwrap();
+        assert_eq!(c.mode, Mode::DnsNft);
+        assert_eq!(c.token.as_ref().unwrap().expose(), "t0k");
+        assert!(!format!("{c:?}").contains("t0k"));
+        assert_eq!(
+            c.dns_upstream,
+            vec![
+                "10.0.0.2:53".parse().unwrap(),
+                "[::1]:5353".parse().unwrap()
+            ]
+        );
+        assert_eq!(c.dns_upstream_timeout, Duration::from_secs(120));
+        assert_eq!(c.max_rules, 0);
+    }
+
+    #[test]
+    fn errors() {
+        assert!(parse(&[("OPENSANDBOX_EGRESS_MODE", "nft")]).is_err());
+        assert!(parse(&[("OPENSANDBOX_EGRESS_DNS_UPSTREAM", "dns.google")]).is_err());
+        assert!(parse(&[("OPENSANDBOX_EGRESS_HTTP_ADDR", "nowhere")]).is_err());
+    }
+
+    #[test]
+    fn resolv_conf_order() {
+        let path = std::env::temp_dir().join(format!("egress-resolv-{}", std::process::id()));
+        std::fs::write(&path, "search x\nnameserver 127.0.0.53\nnameserver 10.1.1.1 # corp\nnameserver 127.0.0.1:15353\n").unwrap();
+        let c = parse(&[("OPENSANDBOX_EGRESS_RESOLV_CONF", path.to_str().unwrap())]).unwrap();
+        let found = c.resolvers();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(
+            found,
+            vec![
+                "10.1.1.1:53".parse().unwrap(),
+                "127.0.0.53:53".parse().unwrap()
+            ]
+        );
+    }
+}

@@ -1,0 +1,196 @@
+//! The DNS proxy: UDP and TCP on one address (127.0.0.1:15353 by default).
+//! A denied name gets NXDOMAIN, as upstream answers it; an allowed query is
+//! forwarded verbatim to the upstream resolvers in order and the first
+//! NOERROR or NXDOMAIN answer is returned as it is; when all fail the client
+//! gets SERVFAIL. Unlike upstream, a query that came over TCP is forwarded
+//! over TCP, so large answers resolve (upstream forwarded everything over
+//! UDP and handed TCP clients truncated answers).
+
+mod forward;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_proto::op::{Message, MessageType, Metadata, ResponseCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+use crate::policy::Action;
+use crate::state::State;
+
+/// Largest DNS message over UDP that is read.
+const MAX_UDP: usize = 65_535;
+/// Time a TCP client may take to send a query.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+
+/// The proxy's shared settings.
+#[derive(Debug)]
+pub struct Proxy {
+    state: Arc<State>,
+    upstreams: Vec<SocketAddr>,
+    timeout: Duration,
+}
+
+/// How a query arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// UDP.
+    Udp,
+    /// TCP.
+    Tcp,
+}
+
+impl Proxy {
+    /// A proxy deciding with `state` and forwarding to `upstreams`.
+    pub fn new(state: Arc<State>, upstreams: Vec<SocketAddr>, timeout: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            state,
+            upstreams,
+            timeout,
+        })
+    }
+
+    /// Binds UDP and TCP on `addr` and serves until the process ends. Returns
+    /// once both sockets are bound, so that nothing is redirected to a
+    /// proxy that is not listening yet.
+    pub async fn serve(self: &Arc<Self>, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+        let udp = Arc::new(UdpSocket::bind(addr).await?);
+        let bound = udp.local_addr()?;
+        let tcp = TcpListener::bind(bound).await?;
+        let me = self.clone();
+        tokio::spawn(async move { me.serve_udp(udp).await });
+        let me = self.clone();
+        tokio::spawn(async move { me.serve_tcp(tcp).await });
+        Ok(bound)
+    }
+
+    async fn serve_udp(self: Arc<Self>, sock: Arc<UdpSocket>) {
+        let mut buf = vec![0u8; MAX_UDP];
+        loop {
+            let (n, peer) = match sock.recv_from(&mut buf).await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "dns: udp receive failed");
+                    continue;
+                }
+            };
+            let query = buf[..n].to_vec();
+            let me = self.clone();
+            let sock = sock.clone();
+            tokio::spawn(async move {
+                if let Some(reply) = me.answer(&query, Transport::Udp).await {
+                    let _ = sock.send_to(&reply, peer).await;
+                }
+            });
+        }
+    }
+
+    async fn serve_tcp(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let me = self.clone();
+            tokio::spawn(async move { me.serve_tcp_conn(stream).await });
+        }
+    }
+
+    async fn serve_tcp_conn(self: Arc<Self>, mut stream: TcpStream) {
+        loop {
+            let mut len = [0u8; 2];
+            if !matches!(
+                tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut len)).await,
+                Ok(Ok(_))
+            ) {
+                return;
+            }
+            let mut query = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            if stream.read_exact(&mut query).await.is_err() {
+                return;
+            }
+            let Some(reply) = self.answer(&query, Transport::Tcp).await else {
+                return;
+            };
+            let Ok(rlen) = u16::try_from(reply.len()) else {
+                return;
+            };
+            let mut out = Vec::with_capacity(reply.len() + 2);
+            out.extend_from_slice(&rlen.to_be_bytes());
+            out.extend_from_slice(&reply);
+            if stream.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// The reply to one query (None: not even a header to answer).
+    pub async fn answer(&self, query: &[u8], transport: Transport) -> Option<Vec<u8>> {
+        let msg = match Message::from_vec(query) {
+            Ok(m) => m,
+            Err(_) => return formerr(query),
+        };
+        if msg.metadata.message_type != MessageType::Query {
+            return None;
+        }
+        let Some(q) = msg.queries.first() else {
+            return reply(&msg, ResponseCode::FormErr);
+        };
+        let name = q.name().to_ascii();
+        let decision = self.state.matcher().decide_name(&name);
+        if decision.action == Action::Deny {
+            let shown = name.strip_suffix('.').unwrap_or(&name).to_ascii_lowercase();
+            self.state
+                .events
+                .dns_refused(&shown, decision.target.as_deref());
+            return reply(&msg, ResponseCode::NXDomain);
+        }
+        match forward::exchange(&self.upstreams, query, transport, self.timeout).await {
+            Some(answer) => {
+                tracing::debug!(event = "egress.outbound", domain = %name, "forwarded");
+                Some(answer)
+            }
+            None => {
+                tracing::warn!(event = "egress.outbound", domain = %name, error = "all upstreams failed", "SERVFAIL");
+                reply(&msg, ResponseCode::ServFail)
+            }
+        }
+    }
+}
+
+/// A response to `req` with only its question and `code` (no RA, no OPT).
+fn reply(req: &Message, code: ResponseCode) -> Option<Vec<u8>> {
+    let mut m = Message::response(req.metadata.id, req.metadata.op_code);
+    m.metadata = Metadata::response_from_request(&req.metadata);
+    m.metadata.response_code = code;
+    if let Some(q) = req.queries.first() {
+        m.add_query(q.clone());
+    }
+    m.to_vec().ok()
+}
+
+/// FORMERR for a query that does not parse but has a header.
+fn formerr(query: &[u8]) -> Option<Vec<u8>> {
+    if query.len() < 12 || query[2] & 0x80 != 0 {
+        return None;
+    }
+    let mut h = query[..12].to_vec();
+    h[2] = 0x80 | (query[2] & 0x79); // QR, keep opcode and RD
+    h[3] = 0x01; // FORMERR
+    h[4..12].fill(0);
+    Some(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formerr_for_garbage_with_a_header() {
+        let q = [0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 0xff];
+        let r = formerr(&q).unwrap();
+        assert_eq!(&r[..4], &[0x12, 0x34, 0x81, 0x01]);
+        assert!(formerr(&q[..5]).is_none());
+    }
+}

@@ -1,0 +1,60 @@
+//! The egress binary.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use egress::api::Api;
+use egress::config::Config;
+use egress::dns::Proxy;
+use egress::state::{initial_policy, State};
+use tracing::level_filters::LevelFilter;
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("egress: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let cfg = Config::from_env(|k| std::env::var(k).ok())?;
+    let level = match cfg.log_level.to_ascii_lowercase().as_str() {
+        "debug" => LevelFilter::DEBUG,
+        "warn" | "warning" => LevelFilter::WARN,
+        "error" | "fatal" => LevelFilter::ERROR,
+        _ => LevelFilter::INFO,
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_ansi(false)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("start the runtime")?;
+    rt.block_on(async move {
+        let policy = initial_policy(cfg.policy_file.as_deref(), cfg.rules.as_deref())
+            .map_err(anyhow::Error::msg)?;
+        let state = Arc::new(State::new(policy, cfg.events_max, cfg.policy_file.clone()));
+        let upstreams = cfg.resolvers();
+        let proxy = Proxy::new(state.clone(), upstreams.clone(), cfg.dns_upstream_timeout);
+        let dns = proxy
+            .serve(cfg.dns_addr)
+            .await
+            .with_context(|| format!("dns proxy on {}", cfg.dns_addr))?;
+        let listener = tokio::net::TcpListener::bind(cfg.http_addr)
+            .await
+            .with_context(|| format!("listen on {}", cfg.http_addr))?;
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            http = %listener.local_addr()?,
+            %dns,
+            mode = cfg.mode.as_str(),
+            ?upstreams,
+            "egress listening"
+        );
+        Api::new(state, &cfg).serve(listener).await;
+        Ok(())
+    })
+}

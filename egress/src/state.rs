@@ -1,0 +1,104 @@
+//! The policy in force: swapped atomically as a whole, changed by one writer
+//! at a time, persisted (temporary file, fsync, rename) before it takes
+//! effect so that a restart finds what was last accepted.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use crate::events::Events;
+use crate::policy::matcher::Matcher;
+use crate::policy::Policy;
+
+/// Shared state of the sidecar.
+#[derive(Debug)]
+pub struct State {
+    current: RwLock<Arc<Matcher>>,
+    /// Serializes changes (no lost updates between concurrent PATCHes).
+    pub writer: tokio::sync::Mutex<()>,
+    /// Refusals.
+    pub events: Events,
+    policy_file: Option<PathBuf>,
+}
+
+impl State {
+    /// State starting with `policy`.
+    pub fn new(policy: Policy, events_max: usize, policy_file: Option<PathBuf>) -> Self {
+        Self {
+            current: RwLock::new(Arc::new(Matcher::new(policy))),
+            writer: tokio::sync::Mutex::new(()),
+            events: Events::new(events_max),
+            policy_file,
+        }
+    }
+
+    /// The policy in force.
+    pub fn matcher(&self) -> Arc<Matcher> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Persists `policy` (if a file is configured), then puts it in force.
+    pub fn install(&self, policy: Policy) -> std::io::Result<()> {
+        if let Some(path) = &self.policy_file {
+            persist(path, &policy)?;
+        }
+        let m = Arc::new(Matcher::new(policy));
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = m;
+        Ok(())
+    }
+}
+
+fn persist(path: &std::path::Path, policy: &Policy) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut body = serde_json::to_vec_pretty(&policy.wire()).map_err(std::io::Error::other)?;
+    body.push(b'\n');
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("policy")
+    ));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&body)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Loads the initial policy: a valid policy file wins over
+/// `OPENSANDBOX_EGRESS_RULES`, which wins over deny-all. An invalid file is
+/// skipped with a warning (as upstream); invalid rules are an error.
+pub fn initial_policy(
+    file: Option<&std::path::Path>,
+    rules: Option<&str>,
+) -> Result<Policy, String> {
+    if let Some(path) = file {
+        match std::fs::read(path) {
+            Ok(body) if !body.iter().all(u8::is_ascii_whitespace) => match Policy::parse(&body) {
+                Ok(p) => return Ok(p),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "ignoring invalid policy file")
+                }
+            },
+            _ => {}
+        }
+    }
+    match rules {
+        Some(r) => {
+            Policy::parse(r.as_bytes()).map_err(|e| format!("OPENSANDBOX_EGRESS_RULES: {e}"))
+        }
+        None => Ok(Policy::default()),
+    }
+}

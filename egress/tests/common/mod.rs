@@ -1,0 +1,267 @@
+//! Test harness: the real egress binary on loopback ports, a fake upstream
+//! resolver, and small HTTP and DNS clients.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message, Query, ResponseCode};
+use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use serde_json::Value;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running egress, killed on drop.
+pub struct Egress {
+    child: Child,
+    pub http: SocketAddr,
+    pub dns: SocketAddr,
+    pub token: Option<String>,
+}
+
+impl Egress {
+    pub fn start(envs: &[(&str, &str)]) -> Self {
+        for _ in 0..5 {
+            let http: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+            let dns: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_egress"));
+            cmd.env("OPENSANDBOX_EGRESS_HTTP_ADDR", http.to_string())
+                .env("OPENSANDBOX_EGRESS_DNS_ADDR", dns.to_string())
+                .env("OPENSANDBOX_EGRESS_DNS_UPSTREAM_TIMEOUT", "1")
+                .env_remove("OPENSANDBOX_EGRESS_TOKEN")
+                .env_remove("OPENSANDBOX_EGRESS_RULES")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit());
+            for (k, v) in envs {
+                cmd.env(k, v);
+            }
+            let token = envs
+                .iter()
+                .find(|(k, _)| *k == "OPENSANDBOX_EGRESS_TOKEN")
+                .map(|(_, v)| (*v).to_string());
+            let mut e = Egress {
+                child: cmd.spawn().unwrap(),
+                http,
+                dns,
+                token,
+            };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = e.child.try_wait() {
+                    break;
+                }
+                if TcpStream::connect(e.http).is_ok() && e.request("GET", "/healthz", None).0 == 200
+                {
+                    return e;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = e.child.kill();
+        }
+        panic!("egress did not start");
+    }
+
+    /// Exit status, if egress has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
+    pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        let mut s = TcpStream::connect(self.http).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+        if let Some(t) = &self.token {
+            req.push_str(&format!("OPENSANDBOX-EGRESS-AUTH: {t}\r\n"));
+        }
+        let body = body.unwrap_or("");
+        req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).unwrap();
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let status: u16 = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    pub fn json(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        let (s, b) = self.request(method, path, body);
+        (
+            s,
+            serde_json::from_str(&b).unwrap_or_else(|e| panic!("not JSON ({e}): {b:?}")),
+        )
+    }
+
+    /// Resolves `name` (A) through the proxy over UDP.
+    pub fn lookup(&self, name: &str) -> Message {
+        dns_udp(self.dns, name, RecordType::A)
+    }
+}
+
+impl Drop for Egress {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Asserts a `{"code","message"}` error.
+pub fn assert_error(r: &(u16, Value), status: u16, code: &str) -> String {
+    assert_eq!(r.0, status, "{}", r.1);
+    assert_eq!(r.1["code"], code, "{}", r.1);
+    r.1["message"].as_str().unwrap().to_string()
+}
+
+pub fn query(name: &str, rtype: RecordType) -> Vec<u8> {
+    let mut m = Message::query();
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
+    m.to_vec().unwrap()
+}
+
+pub fn dns_udp(server: SocketAddr, name: &str, rtype: RecordType) -> Message {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let q = query(name, rtype);
+    s.send_to(&q, server).unwrap();
+    let mut buf = vec![0u8; 65_535];
+    let n = s.recv(&mut buf).unwrap();
+    let m = Message::from_vec(&buf[..n]).unwrap();
+    assert_eq!(m.metadata.id.to_be_bytes(), [q[0], q[1]]);
+    m
+}
+
+pub fn dns_tcp(server: SocketAddr, name: &str, rtype: RecordType) -> Message {
+    let mut s = TcpStream::connect(server).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let q = query(name, rtype);
+    s.write_all(&u16::try_from(q.len()).unwrap().to_be_bytes())
+        .unwrap();
+    s.write_all(&q).unwrap();
+    let mut l = [0u8; 2];
+    s.read_exact(&mut l).unwrap();
+    let mut buf = vec![0u8; usize::from(u16::from_be_bytes(l))];
+    s.read_exact(&mut buf).unwrap();
+    Message::from_vec(&buf).unwrap()
+}
+
+/// The A addresses of an answer.
+pub fn addrs(m: &Message) -> Vec<Ipv4Addr> {
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn rcode(m: &Message) -> ResponseCode {
+    m.metadata.response_code
+}
+
+/// A fake authoritative resolver on loopback (UDP and TCP): names in the
+/// zone get their A records; others NXDOMAIN; UDP answers over 512 bytes are
+/// truncated (TC) as a real server does without EDNS.
+pub struct FakeResolver {
+    pub addr: SocketAddr,
+    pub udp_queries: Arc<AtomicUsize>,
+    pub tcp_queries: Arc<AtomicUsize>,
+}
+
+impl FakeResolver {
+    pub fn start(zone: &[(&str, Vec<Ipv4Addr>)]) -> Self {
+        let zone: Arc<HashMap<String, Vec<Ipv4Addr>>> = Arc::new(
+            zone.iter()
+                .map(|(n, a)| (n.to_ascii_lowercase(), a.clone()))
+                .collect(),
+        );
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = udp.local_addr().unwrap();
+        let tcp = TcpListener::bind(addr).unwrap();
+        let udp_queries = Arc::new(AtomicUsize::new(0));
+        let tcp_queries = Arc::new(AtomicUsize::new(0));
+        {
+            let zone = zone.clone();
+            let count = udp_queries.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65_535];
+                while let Ok((n, peer)) = udp.recv_from(&mut buf) {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let mut r = respond(&zone, &buf[..n]);
+                    if r.len() > 512 {
+                        let mut m = Message::from_vec(&r).unwrap();
+                        m.answers.clear();
+                        m.metadata.truncation = true;
+                        r = m.to_vec().unwrap();
+                    }
+                    let _ = udp.send_to(&r, peer);
+                }
+            });
+        }
+        {
+            let count = tcp_queries.clone();
+            std::thread::spawn(move || {
+                for mut s in tcp.incoming().flatten() {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let mut l = [0u8; 2];
+                    if s.read_exact(&mut l).is_err() {
+                        continue;
+                    }
+                    let mut q = vec![0u8; usize::from(u16::from_be_bytes(l))];
+                    if s.read_exact(&mut q).is_err() {
+                        continue;
+                    }
+                    let r = respond(&zone, &q);
+                    let _ = s.write_all(&u16::try_from(r.len()).unwrap().to_be_bytes());
+                    let _ = s.write_all(&r);
+                }
+            });
+        }
+        Self {
+            addr,
+            udp_queries,
+            tcp_queries,
+        }
+    }
+}
+
+fn respond(zone: &HashMap<String, Vec<Ipv4Addr>>, q: &[u8]) -> Vec<u8> {
+    let req = Message::from_vec(q).unwrap();
+    let mut m = Message::response(req.metadata.id, req.metadata.op_code);
+    m.metadata.recursion_desired = req.metadata.recursion_desired;
+    m.metadata.recursion_available = true;
+    let question = req.queries[0].clone();
+    let name = question.name().to_ascii().to_ascii_lowercase();
+    let name = name.trim_end_matches('.').to_string();
+    m.add_query(question.clone());
+    match zone.get(&name) {
+        Some(ips) => {
+            for ip in ips {
+                m.add_answer(Record::from_rdata(
+                    question.name().clone(),
+                    60,
+                    RData::A(A(*ip)),
+                ));
+            }
+        }
+        None => m.metadata.response_code = ResponseCode::NXDomain,
+    }
+    m.to_vec().unwrap()
+}

@@ -1,0 +1,239 @@
+//! The DNS proxy against the real binary and a fake upstream resolver.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::Ordering;
+
+use common::*;
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+
+fn world() -> FakeResolver {
+    let big: Vec<Ipv4Addr> = (1..=60).map(|i| Ipv4Addr::new(10, 9, 0, i)).collect();
+    FakeResolver::start(&[
+        ("allowed.test", vec![Ipv4Addr::new(10, 0, 0, 1)]),
+        ("denied.test", vec![Ipv4Addr::new(10, 0, 0, 2)]),
+        ("a.wild.test", vec![Ipv4Addr::new(10, 0, 0, 3)]),
+        ("x.y.wild.test", vec![Ipv4Addr::new(10, 0, 0, 4)]),
+        ("wild.test", vec![Ipv4Addr::new(10, 0, 0, 5)]),
+        ("big.test", big),
+    ])
+}
+
+fn start(world: &FakeResolver, rules: &str) -> Egress {
+    let upstream = world.addr.to_string();
+    Egress::start(&[
+        ("OPENSANDBOX_EGRESS_DNS_UPSTREAM", &upstream),
+        ("OPENSANDBOX_EGRESS_RULES", rules),
+    ])
+}
+
+#[test]
+fn allowed_resolves_denied_gets_nxdomain() {
+    let w = world();
+    let e = start(
+        &w,
+        r#"{"defaultAction":"deny","egress":[{"action":"allow","target":"allowed.test"},{"action":"allow","target":"*.wild.test"}]}"#,
+    );
+    let m = e.lookup("allowed.test.");
+    assert_eq!(rcode(&m), ResponseCode::NoError);
+    assert_eq!(addrs(&m), [Ipv4Addr::new(10, 0, 0, 1)]);
+    let m = e.lookup("Allowed.TEST.");
+    assert_eq!(addrs(&m), [Ipv4Addr::new(10, 0, 0, 1)]);
+    let before = w.udp_queries.load(Ordering::SeqCst);
+    let m = e.lookup("denied.test.");
+    assert_eq!(rcode(&m), ResponseCode::NXDomain);
+    assert!(m.answers.is_empty());
+    assert!(!m.metadata.recursion_available);
+    assert_eq!(m.queries[0].name().to_ascii(), "denied.test.");
+    assert_eq!(
+        w.udp_queries.load(Ordering::SeqCst),
+        before,
+        "a denied name never reaches the upstream"
+    );
+    // Wildcards: any depth below, never the apex.
+    assert_eq!(
+        addrs(&e.lookup("a.wild.test.")),
+        [Ipv4Addr::new(10, 0, 0, 3)]
+    );
+    assert_eq!(
+        addrs(&e.lookup("x.y.wild.test.")),
+        [Ipv4Addr::new(10, 0, 0, 4)]
+    );
+    assert_eq!(rcode(&e.lookup("wild.test.")), ResponseCode::NXDomain);
+    // Every qtype is decided by name.
+    assert_eq!(
+        rcode(&dns_udp(e.dns, "denied.test.", RecordType::TXT)),
+        ResponseCode::NXDomain
+    );
+    // The refusals are events.
+    let (_, v) = e.json("GET", "/events", None);
+    let domains: Vec<&str> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["domain"].as_str().unwrap())
+        .collect();
+    assert_eq!(domains, ["denied.test", "wild.test", "denied.test"]);
+    assert_eq!(v["events"][0]["rule"], "defaultAction");
+    assert_eq!(v["events"][0]["kind"], "dns");
+}
+
+#[test]
+fn default_allow_with_deny_rules() {
+    let w = world();
+    let e = start(
+        &w,
+        r#"{"defaultAction":"allow","egress":[{"action":"deny","target":"denied.test"}]}"#,
+    );
+    assert_eq!(
+        addrs(&e.lookup("allowed.test.")),
+        [Ipv4Addr::new(10, 0, 0, 1)]
+    );
+    assert_eq!(rcode(&e.lookup("denied.test.")), ResponseCode::NXDomain);
+    // An allowed name the world does not know is the world's NXDOMAIN.
+    assert_eq!(rcode(&e.lookup("unknown.test.")), ResponseCode::NXDomain);
+    let (_, v) = e.json("GET", "/events", None);
+    assert_eq!(v["events"].as_array().unwrap().len(), 1);
+    assert_eq!(v["events"][0]["rule"], "denied.test");
+}
+
+#[test]
+fn changes_apply_to_the_next_query() {
+    let w = world();
+    let e = start(&w, r#"{"defaultAction":"deny"}"#);
+    assert_eq!(rcode(&e.lookup("allowed.test.")), ResponseCode::NXDomain);
+    assert_eq!(
+        e.json(
+            "PATCH",
+            "/policy",
+            Some(r#"[{"action":"allow","target":"allowed.test"}]"#)
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        addrs(&e.lookup("allowed.test.")),
+        [Ipv4Addr::new(10, 0, 0, 1)]
+    );
+    assert_eq!(
+        e.json("DELETE", "/policy", Some(r#"["allowed.test"]"#)).0,
+        200
+    );
+    assert_eq!(rcode(&e.lookup("allowed.test.")), ResponseCode::NXDomain);
+}
+
+#[test]
+fn tcp_queries_are_forwarded_over_tcp() {
+    let w = world();
+    let e = start(&w, r#"{"defaultAction":"allow"}"#);
+    // Over UDP the big answer is truncated, as the upstream sends it.
+    let m = e.lookup("big.test.");
+    assert!(m.metadata.truncation);
+    // Over TCP it arrives whole (upstream egress forwarded TCP over UDP).
+    let before = w.tcp_queries.load(Ordering::SeqCst);
+    let m = dns_tcp(e.dns, "big.test.", RecordType::A);
+    assert!(!m.metadata.truncation);
+    assert_eq!(addrs(&m).len(), 60);
+    assert_eq!(w.tcp_queries.load(Ordering::SeqCst), before + 1);
+    // TCP denial.
+    let e2 = start(&w, r#"{"defaultAction":"deny"}"#);
+    assert_eq!(
+        rcode(&dns_tcp(e2.dns, "allowed.test.", RecordType::A)),
+        ResponseCode::NXDomain
+    );
+}
+
+#[test]
+fn dead_upstream_gives_servfail_then_next_upstream() {
+    let w = world();
+    // The first upstream is a closed port: the proxy falls through to the second.
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let list = format!("{dead},{}", w.addr);
+    let e = Egress::start(&[
+        ("OPENSANDBOX_EGRESS_DNS_UPSTREAM", &list),
+        ("OPENSANDBOX_EGRESS_RULES", r#"{"defaultAction":"allow"}"#),
+    ]);
+    assert_eq!(
+        addrs(&e.lookup("allowed.test.")),
+        [Ipv4Addr::new(10, 0, 0, 1)]
+    );
+    let only_dead = dead.to_string();
+    let e = Egress::start(&[
+        ("OPENSANDBOX_EGRESS_DNS_UPSTREAM", &only_dead),
+        ("OPENSANDBOX_EGRESS_RULES", r#"{"defaultAction":"allow"}"#),
+    ]);
+    assert_eq!(rcode(&e.lookup("allowed.test.")), ResponseCode::ServFail);
+}
+
+#[test]
+fn garbage_gets_formerr_and_the_proxy_goes_on() {
+    let w = world();
+    let e = start(&w, r#"{"defaultAction":"allow"}"#);
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    s.send_to(
+        &[0xab, 0xcd, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 0xff, 0xff],
+        e.dns,
+    )
+    .unwrap();
+    let mut buf = [0u8; 512];
+    let n = s.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..4], &[0xab, 0xcd, 0x81, 0x01]);
+    assert_eq!(n, 12);
+    assert_eq!(
+        addrs(&e.lookup("allowed.test.")),
+        [Ipv4Addr::new(10, 0, 0, 1)]
+    );
+}
+
+#[test]
+fn a_flood_of_lookups_loses_no_answer() {
+    let w = world();
+    let upstream = w.addr.to_string();
+    let e = Egress::start(&[
+        ("OPENSANDBOX_EGRESS_DNS_UPSTREAM", &upstream),
+        (
+            "OPENSANDBOX_EGRESS_RULES",
+            r#"{"defaultAction":"deny","egress":[{"action":"allow","target":"allowed.test"}]}"#,
+        ),
+        ("OPENSANDBOX_EGRESS_EVENTS_MAX", "100"),
+    ]);
+    let dns = e.dns;
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            std::thread::spawn(move || {
+                (0..250)
+                    .filter(|i| {
+                        let name = if (i + t) % 2 == 0 {
+                            "allowed.test."
+                        } else {
+                            "denied.test."
+                        };
+                        let m = dns_udp(dns, name, RecordType::A);
+                        if name == "allowed.test." {
+                            addrs(&m) == [Ipv4Addr::new(10, 0, 0, 1)]
+                        } else {
+                            rcode(&m) == ResponseCode::NXDomain
+                        }
+                    })
+                    .count()
+            })
+        })
+        .collect();
+    let ok: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(ok, 2000);
+    let (_, v) = e.json("GET", "/events", None);
+    assert_eq!(
+        v["events"].as_array().unwrap().len(),
+        100,
+        "the event log is bounded"
+    );
+    assert_eq!(v["dropped"], 900);
+}
