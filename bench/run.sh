@@ -3,9 +3,9 @@
 # round-trip benchmark (execd/benches/command_roundtrip.rs), which prints a
 # markdown table and writes it to target/bench-command-roundtrip.md.
 #
-# Environment: BENCH_N (measured round trips per side, default 2000),
-# EXECD_BIN (benchmark another binary instead; skips nothing, the musl build
-# still runs).
+# Environment: BENCH_N (measured round trips per scenario and per floor,
+# default 2000), EXECD_BIN (benchmark another binary instead; skips nothing,
+# the musl build still runs).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
