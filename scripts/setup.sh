@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing the workspace needs on a Debian machine
 # with a Rust toolchain (rustup): a C toolchain, musl-tools and the musl target
-# for static binaries, and the programs the tests use. Idempotent.
+# for static binaries, and the programs the tests use (iproute2 for network
+# namespaces, nftables to check what egress programs). Idempotent.
 set -euo pipefail
 
 need=()
@@ -10,6 +11,8 @@ command -v musl-gcc >/dev/null || need+=(musl-tools)
 command -v bash >/dev/null || need+=(bash)
 command -v setsid >/dev/null || need+=(util-linux)
 command -v file >/dev/null || need+=(file)
+command -v ip >/dev/null || need+=(iproute2)
+command -v nft >/dev/null || need+=(nftables)
 if ((${#need[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -17,5 +17,6 @@ pub mod api;
 pub mod config;
 pub mod dns;
 pub mod events;
+pub mod nft;
 pub mod policy;
 pub mod state;

@@ -1,0 +1,338 @@
+//! The enforcement ruleset as one nf_tables batch, in upstream's layout so
+//! that operators' tooling finds it: table `inet opensandbox`, chain
+//! `egress` on the output hook, interval sets `allow_v4`, `deny_v4`,
+//! `allow_v6`, `deny_v6` for IP/CIDR rules and timeout sets
+//! `dyn_allow_v4`/`dyn_allow_v6` for addresses learned from allowed DNS
+//! answers. Deny sets are checked before allow sets.
+
+use std::net::IpAddr;
+
+use super::expr::{Base, Exprs, MetaKey, Verdict};
+use super::wire::{attr, family, msg, set_flags, Attrs, Batch, ELEM_INTERVAL_END, NLM_F_CREATE};
+use crate::policy::{Action, Policy, Target};
+
+/// Table name.
+pub const TABLE: &str = "opensandbox";
+/// Chain name.
+pub const CHAIN: &str = "egress";
+/// Default lifetime of a learned address (upstream: 360 s).
+pub const DYN_TIMEOUT_MS: u64 = 360_000;
+const NLM_F_APPEND: u16 = 0x800;
+/// `NFPROTO_IPV4` / `NFPROTO_IPV6` as `meta nfproto` sees them.
+const NFPROTO_IPV4: u8 = 2;
+const NFPROTO_IPV6: u8 = 10;
+/// ct state bits: established | related.
+const CT_ESTABLISHED_RELATED: u32 = 0b110;
+
+/// Inclusive-exclusive address ranges of one family, merged.
+fn ranges(nets: impl Iterator<Item = (u128, u8)>, bits: u8) -> Vec<(u128, Option<u128>)> {
+    let mut v: Vec<(u128, Option<u128>)> = nets
+        .map(|(addr, len)| {
+            let size_bits = u32::from(bits - len);
+            let end = if size_bits >= 128 {
+                None
+            } else {
+                addr.checked_add(1u128 << size_bits)
+            };
+            let limit = if bits == 32 { 1u128 << 32 } else { 0 };
+            (addr, end.filter(|e| bits == 128 || *e < limit))
+        })
+        .collect();
+    v.sort();
+    let mut out: Vec<(u128, Option<u128>)> = Vec::new();
+    for (s, e) in v {
+        match out.last_mut() {
+            Some((_, last_end)) if last_end.is_none_or(|le| s <= le) => {
+                *last_end = match (*last_end, e) {
+                    (None, _) | (_, None) => None,
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                };
+            }
+            _ => out.push((s, e)),
+        }
+    }
+    out
+}
+
+fn key_bytes(v: u128, bits: u8) -> Vec<u8> {
+    if bits == 32 {
+        u32::try_from(v).unwrap_or(u32::MAX).to_be_bytes().to_vec()
+    } else {
+        v.to_be_bytes().to_vec()
+    }
+}
+
+fn addr_bits(ip: IpAddr) -> (u128, u8) {
+    match ip {
+        IpAddr::V4(a) => (u128::from(u32::from(a)), 32),
+        IpAddr::V6(a) => (u128::from(a), 128),
+    }
+}
+
+/// The static networks of one action and family: (address, prefix length).
+fn nets(policy: &Policy, extra_allow: &[IpAddr], action: Action, v4: bool) -> Vec<(u128, u8)> {
+    let mut out = Vec::new();
+    for r in policy.egress.iter().filter(|r| r.action == action) {
+        let (ip, len) = match r.parsed {
+            Target::Ip(ip) => (ip, if ip.is_ipv4() { 32 } else { 128 }),
+            Target::Cidr(ip, len) => (ip, len),
+            _ => continue,
+        };
+        if ip.is_ipv4() == v4 {
+            out.push((addr_bits(ip).0, len));
+        }
+    }
+    if action == Action::Allow {
+        for ip in extra_allow.iter().filter(|ip| ip.is_ipv4() == v4) {
+            out.push((addr_bits(*ip).0, if v4 { 32 } else { 128 }));
+        }
+    }
+    out
+}
+
+fn add_set(b: &mut Batch, name: &str, id: u32, v4: bool, flags: u32, timeout_ms: Option<u64>) {
+    let mut a = Attrs::default();
+    a.str(attr::SET_TABLE, TABLE)
+        .str(attr::SET_NAME, name)
+        .u32(attr::SET_FLAGS, flags)
+        .u32(attr::SET_KEY_TYPE, if v4 { 7 } else { 8 }) // ipv4_addr / ipv6_addr
+        .u32(attr::SET_KEY_LEN, if v4 { 4 } else { 16 })
+        .u32(attr::SET_ID, id);
+    if let Some(t) = timeout_ms {
+        a.u64(attr::SET_TIMEOUT, t);
+    }
+    b.add(
+        msg::NEWSET,
+        NLM_F_CREATE,
+        family::INET,
+        &a,
+        format!("set {name}"),
+    );
+}
+
+fn add_intervals(b: &mut Batch, set: &str, ranges: &[(u128, Option<u128>)], bits: u8) {
+    if ranges.is_empty() {
+        return;
+    }
+    let mut a = Attrs::default();
+    a.str(attr::SET_ELEM_LIST_TABLE, TABLE)
+        .str(attr::SET_ELEM_LIST_SET, set)
+        .nest(attr::SET_ELEM_LIST_ELEMENTS, |list| {
+            for (start, end) in ranges {
+                list.nest(attr::LIST_ELEM, |e| {
+                    e.nest(attr::SET_ELEM_KEY, |k| {
+                        k.bytes(attr::DATA_VALUE, &key_bytes(*start, bits));
+                    });
+                });
+                if let Some(end) = end {
+                    list.nest(attr::LIST_ELEM, |e| {
+                        e.nest(attr::SET_ELEM_KEY, |k| {
+                            k.bytes(attr::DATA_VALUE, &key_bytes(*end, bits));
+                        })
+                        .u32(attr::SET_ELEM_FLAGS, ELEM_INTERVAL_END);
+                    });
+                }
+            }
+        });
+    b.add(
+        msg::NEWSETELEM,
+        NLM_F_CREATE,
+        family::INET,
+        &a,
+        format!("elements of {set}"),
+    );
+}
+
+fn add_rule(b: &mut Batch, what: &str, build: impl FnOnce(&mut Exprs)) {
+    let mut x = Exprs::default();
+    build(&mut x);
+    let mut a = Attrs::default();
+    a.str(attr::RULE_TABLE, TABLE)
+        .str(attr::RULE_CHAIN, CHAIN)
+        .nest(attr::RULE_EXPRESSIONS, |l| {
+            l.bytes_raw(x.attrs().as_slice());
+        });
+    b.add(
+        msg::NEWRULE,
+        NLM_F_CREATE | NLM_F_APPEND,
+        family::INET,
+        &a,
+        format!("rule {what}"),
+    );
+}
+
+/// Options of the ruleset.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Addresses always allowed (the resolvers egress forwards to).
+    pub extra_allow: Vec<IpAddr>,
+    /// The uid egress's own sockets use: its traffic passes (a uid is
+    /// something a process in the sandbox cannot forge, unlike a mark).
+    pub own_uid: Option<u32>,
+}
+
+/// The batch that (re)creates the whole ruleset for `policy`, atomically.
+pub fn full(policy: &Policy, opts: &Options, seq: u32) -> (Vec<u8>, Vec<(u32, String)>) {
+    let mut b = Batch::new(seq);
+    let mut t = Attrs::default();
+    t.str(attr::TABLE_NAME, TABLE);
+    // add + delete + add: replaces the table whether or not it exists, in one transaction.
+    b.add(
+        msg::NEWTABLE,
+        NLM_F_CREATE,
+        family::INET,
+        &t,
+        "table (ensure)",
+    );
+    b.add(msg::DELTABLE, 0, family::INET, &t, "table (delete)");
+    b.add(msg::NEWTABLE, NLM_F_CREATE, family::INET, &t, "table");
+
+    for (id, (name, v4, flags, timeout)) in (1..).zip([
+        ("allow_v4", true, set_flags::INTERVAL, None),
+        ("deny_v4", true, set_flags::INTERVAL, None),
+        ("allow_v6", false, set_flags::INTERVAL, None),
+        ("deny_v6", false, set_flags::INTERVAL, None),
+        (
+            "dyn_allow_v4",
+            true,
+            set_flags::TIMEOUT,
+            Some(DYN_TIMEOUT_MS),
+        ),
+        (
+            "dyn_allow_v6",
+            false,
+            set_flags::TIMEOUT,
+            Some(DYN_TIMEOUT_MS),
+        ),
+    ]) {
+        add_set(&mut b, name, id, v4, flags, timeout);
+    }
+    for (set, action, v4) in [
+        ("allow_v4", Action::Allow, true),
+        ("deny_v4", Action::Deny, true),
+        ("allow_v6", Action::Allow, false),
+        ("deny_v6", Action::Deny, false),
+    ] {
+        let bits = if v4 { 32 } else { 128 };
+        let r = ranges(
+            nets(policy, &opts.extra_allow, action, v4).into_iter(),
+            bits,
+        );
+        add_intervals(&mut b, set, &r, bits);
+    }
+
+    let mut c = Attrs::default();
+    c.str(attr::CHAIN_TABLE, TABLE)
+        .str(attr::CHAIN_NAME, CHAIN)
+        .nest(attr::CHAIN_HOOK, |h| {
+            h.u32(attr::HOOK_HOOKNUM, 3).i32(attr::HOOK_PRIORITY, 0); // NF_INET_LOCAL_OUT
+        })
+        .u32(
+            attr::CHAIN_POLICY,
+            if policy.default_action == Action::Allow {
+                1
+            } else {
+                0
+            },
+        )
+        .str(attr::CHAIN_TYPE, "filter");
+    b.add(
+        msg::NEWCHAIN,
+        NLM_F_CREATE,
+        family::INET,
+        &c,
+        "chain egress",
+    );
+
+    add_rule(&mut b, "ct state established,related accept", |x| {
+        x.ct_state_any(CT_ESTABLISHED_RELATED)
+            .verdict(Verdict::Accept);
+    });
+    if let Some(uid) = opts.own_uid {
+        add_rule(&mut b, "meta skuid accept", |x| {
+            x.meta(MetaKey::SkUid)
+                .cmp(true, &uid.to_ne_bytes())
+                .verdict(Verdict::Accept);
+        });
+    }
+    add_rule(&mut b, "oifname lo accept", |x| {
+        x.meta(MetaKey::OifName)
+            .cmp(true, b"lo\0")
+            .verdict(Verdict::Accept);
+    });
+    for (proto, name) in [(6u8, "tcp"), (17u8, "udp")] {
+        add_rule(&mut b, &format!("{name} dport 853 drop"), |x| {
+            x.meta(MetaKey::L4Proto)
+                .cmp(true, &[proto])
+                .payload(Base::Transport, 2, 2)
+                .cmp(true, &853u16.to_be_bytes())
+                .verdict(Verdict::Drop);
+        });
+    }
+    for (set, verdict) in [
+        ("deny", Verdict::Drop),
+        ("dyn_allow", Verdict::Accept),
+        ("allow", Verdict::Accept),
+    ] {
+        for (nfproto, offset, len, suffix) in
+            [(NFPROTO_IPV4, 16, 4, "v4"), (NFPROTO_IPV6, 24, 16, "v6")]
+        {
+            let name = format!("{set}_{suffix}");
+            add_rule(&mut b, &format!("daddr @{name}"), |x| {
+                x.meta(MetaKey::NfProto)
+                    .cmp(true, &[nfproto])
+                    .payload(Base::Network, offset, len)
+                    .lookup(&name)
+                    .verdict(verdict);
+            });
+        }
+    }
+    let (bytes, _, what) = b.finish();
+    (bytes, what)
+}
+
+/// The batch that removes the ruleset.
+pub fn teardown(seq: u32) -> (Vec<u8>, Vec<(u32, String)>) {
+    let mut b = Batch::new(seq);
+    let mut t = Attrs::default();
+    t.str(attr::TABLE_NAME, TABLE);
+    b.add(
+        msg::NEWTABLE,
+        NLM_F_CREATE,
+        family::INET,
+        &t,
+        "table (ensure)",
+    );
+    b.add(msg::DELTABLE, 0, family::INET, &t, "table (delete)");
+    let (bytes, _, what) = b.finish();
+    (bytes, what)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_merge_and_end_exclusive() {
+        let r = ranges(
+            [
+                (10 << 24, 8),
+                ((10 << 24) + (1 << 16), 16),
+                (0x0b000000, 8),
+                (0xC0A80001, 32),
+            ]
+            .into_iter(),
+            32,
+        );
+        assert_eq!(
+            r,
+            vec![(10 << 24, Some(12 << 24)), (0xC0A80001, Some(0xC0A80002))]
+        );
+        // The top of the space has no end element.
+        assert_eq!(
+            ranges([(0xFFFFFFFF, 32)].into_iter(), 32),
+            vec![(0xFFFFFFFF, None)]
+        );
+        assert_eq!(ranges([(0, 0)].into_iter(), 32), vec![(0, None)]);
+    }
+}

@@ -1,0 +1,201 @@
+//! nftables over netlink against the real kernel, in a network namespace of
+//! the test's own (needs root; CI runs as root).
+#![allow(clippy::unwrap_used)]
+
+use std::net::UdpSocket;
+use std::process::Command;
+
+use egress::nft::{apply_full, ruleset::Options, teardown};
+use egress::policy::Policy;
+use serde_json::Value;
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Runs `f` on a thread inside a new network namespace (which dies with it).
+fn in_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+fn sh(cmd: &str) {
+    let st = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
+    assert!(st.success(), "{cmd}");
+}
+
+/// Loopback, and a veth with a default route and a fixed neighbour, so that
+/// datagrams to anywhere leave without waiting for ARP.
+fn net_up() {
+    sh("ip link set lo up && ip link add v0 type veth peer name v1 && ip link set v0 up && ip link set v1 up \
+        && ip addr add 192.0.2.1/24 dev v0 && ip route add default via 192.0.2.2 dev v0 \
+        && ip neigh add 192.0.2.2 lladdr 02:00:00:00:00:02 dev v0 nud permanent");
+}
+
+fn ruleset() -> Value {
+    let out = Command::new("nft")
+        .args(["-j", "list", "ruleset"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn find<'a>(rs: &'a Value, kind: &str, name: &str) -> Option<&'a Value> {
+    rs["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o.get(kind))
+        .find(|o| o["name"] == name)
+}
+
+/// Whether the kernel lets a UDP datagram to `addr` out (a drop in the
+/// output hook fails the send with EPERM).
+fn can_send(addr: &str) -> bool {
+    let s = UdpSocket::bind(if addr.starts_with('[') {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    })
+    .unwrap();
+    match s.send_to(b"x", addr) {
+        Ok(_) => true,
+        Err(e) if e.raw_os_error() == Some(1) => false,
+        Err(e) => panic!("send to {addr}: {e}"),
+    }
+}
+
+#[test]
+fn ruleset_is_applied_atomically_and_enforces() {
+    if !is_root() {
+        eprintln!("SKIPPED ruleset_is_applied_atomically_and_enforces: needs root for a network namespace and nftables (CI runs as root)");
+        return;
+    }
+    in_netns(|| {
+        net_up();
+        let policy = Policy::parse(
+            br#"{"defaultAction":"deny","egress":[
+                {"action":"allow","target":"10.0.0.0/8"},
+                {"action":"deny","target":"10.1.0.0/16"},
+                {"action":"allow","target":"198.51.100.7"},
+                {"action":"allow","target":"allowed.example"}]}"#,
+        )
+        .unwrap();
+        let opts = Options {
+            extra_allow: vec!["203.0.113.53".parse().unwrap()],
+            own_uid: None,
+        };
+        apply_full(&policy, &opts).unwrap();
+
+        let rs = ruleset();
+        let chain = find(&rs, "chain", "egress").expect("chain egress");
+        assert_eq!(
+            (
+                chain["table"].as_str(),
+                chain["hook"].as_str(),
+                chain["policy"].as_str()
+            ),
+            (Some("opensandbox"), Some("output"), Some("drop"))
+        );
+        assert_eq!(chain["family"], "inet");
+        let allow = find(&rs, "set", "allow_v4").unwrap();
+        assert_eq!(allow["type"], "ipv4_addr");
+        let elems = allow["elem"].to_string();
+        assert!(
+            elems.contains("10.0.0.0")
+                && elems.contains("198.51.100.7")
+                && elems.contains("203.0.113.53"),
+            "{elems}"
+        );
+        let dyn4 = find(&rs, "set", "dyn_allow_v4").unwrap();
+        assert!(dyn4["flags"].to_string().contains("timeout"), "{dyn4}");
+        for s in ["deny_v4", "allow_v6", "deny_v6", "dyn_allow_v6"] {
+            assert!(find(&rs, "set", s).is_some(), "set {s}");
+        }
+
+        assert!(can_send("10.2.3.4:9"), "allowed CIDR");
+        assert!(!can_send("10.1.2.3:9"), "deny beats allow");
+        assert!(!can_send("11.0.0.1:9"), "default deny");
+        assert!(can_send("198.51.100.7:9"), "allowed IP");
+        assert!(!can_send("198.51.100.8:9"));
+        assert!(can_send("203.0.113.53:53"), "resolvers stay reachable");
+        assert!(can_send("127.0.0.1:9"), "loopback");
+        assert!(!can_send("10.2.3.4:853"), "DNS over TLS is blocked");
+        if std::env::var_os("SHOW_RULESET").is_some() {
+            let out = Command::new("nft")
+                .args(["list", "ruleset"])
+                .output()
+                .unwrap();
+            eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+        }
+
+        // A new policy replaces the old one in one transaction.
+        let policy = Policy::parse(
+            br#"{"defaultAction":"allow","egress":[{"action":"deny","target":"10.1.0.0/16"}]}"#,
+        )
+        .unwrap();
+        apply_full(&policy, &opts).unwrap();
+        assert_eq!(
+            find(&ruleset(), "chain", "egress").unwrap()["policy"],
+            "accept"
+        );
+        assert!(can_send("11.0.0.1:9"));
+        assert!(!can_send("10.1.2.3:9"));
+
+        teardown().unwrap();
+        assert!(find(&ruleset(), "chain", "egress").is_none());
+        assert!(can_send("10.1.2.3:9"));
+    });
+}
+
+#[test]
+fn a_refused_batch_changes_nothing() {
+    if !is_root() {
+        eprintln!("SKIPPED a_refused_batch_changes_nothing: needs root (CI runs as root)");
+        return;
+    }
+    in_netns(|| {
+        net_up();
+        let policy = Policy::parse(
+            br#"{"defaultAction":"deny","egress":[{"action":"allow","target":"10.0.0.0/8"}]}"#,
+        )
+        .unwrap();
+        apply_full(&policy, &Options::default()).unwrap();
+        // A batch with an invalid message (a rule in a chain that does not
+        // exist) is refused whole.
+        use egress::nft::wire::{attr, family, msg, Attrs, Batch, NLM_F_CREATE};
+        let mut b = Batch::new(50);
+        let mut t = Attrs::default();
+        t.str(attr::TABLE_NAME, "opensandbox");
+        b.add(msg::DELTABLE, 0, family::INET, &t, "table (delete)");
+        let mut r = Attrs::default();
+        r.str(attr::RULE_TABLE, "opensandbox")
+            .str(attr::RULE_CHAIN, "no_such_chain");
+        b.add(
+            msg::NEWRULE,
+            NLM_F_CREATE,
+            family::INET,
+            &r,
+            "rule in a missing chain",
+        );
+        let (bytes, _, what) = b.finish();
+        let err = egress::nft::socket::Socket::open()
+            .unwrap()
+            .apply(&bytes, &what)
+            .unwrap_err();
+        assert!(err.to_string().contains("rule in a missing chain"), "{err}");
+        // The table is still there and still enforcing.
+        assert!(find(&ruleset(), "chain", "egress").is_some());
+        assert!(!can_send("11.0.0.1:9"));
+        assert!(can_send("10.0.0.1:9"));
+    });
+}
