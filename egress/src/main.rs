@@ -4,8 +4,10 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use egress::api::Api;
-use egress::config::Config;
+use egress::config::{Config, Mode};
 use egress::dns::Proxy;
+use egress::nft::ruleset::Options;
+use egress::nft::{Firewall, Nft, NoFirewall};
 use egress::state::{initial_policy, State};
 use tracing::level_filters::LevelFilter;
 
@@ -36,8 +38,28 @@ fn run() -> anyhow::Result<()> {
     rt.block_on(async move {
         let policy = initial_policy(cfg.policy_file.as_deref(), cfg.rules.as_deref())
             .map_err(anyhow::Error::msg)?;
-        let state = Arc::new(State::new(policy, cfg.events_max, cfg.policy_file.clone()));
         let upstreams = cfg.resolvers();
+        let firewall: Box<dyn Firewall> = match cfg.mode {
+            Mode::Dns => Box::new(NoFirewall),
+            Mode::DnsNft => {
+                let mut extra_allow: Vec<std::net::IpAddr> =
+                    vec![std::net::Ipv4Addr::LOCALHOST.into()];
+                extra_allow.extend(upstreams.iter().map(std::net::SocketAddr::ip));
+                Box::new(
+                    Nft::new(Options {
+                        extra_allow,
+                        own_uid: None,
+                    })
+                    .context("open nftables netlink")?,
+                )
+            }
+        };
+        // The policy is in the kernel before the proxy and the API start
+        // (and /healthz answers): there is no window without enforcement.
+        let state = Arc::new(
+            State::new(policy, cfg.events_max, cfg.policy_file.clone(), firewall)
+                .context("apply the initial policy")?,
+        );
         let proxy = Proxy::new(state.clone(), upstreams.clone(), cfg.dns_upstream_timeout);
         let dns = proxy
             .serve(cfg.dns_addr)

@@ -6,8 +6,22 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use crate::events::Events;
+use crate::nft::socket::NftError;
+use crate::nft::Firewall;
 use crate::policy::matcher::Matcher;
 use crate::policy::Policy;
+
+/// Why a policy could not be put in force (the old one stays).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InstallError {
+    /// The kernel refused the ruleset.
+    #[error("failed to apply nftables policy: {0}")]
+    Firewall(#[from] NftError),
+    /// The policy file could not be written.
+    #[error("failed to persist policy: {0}")]
+    Persist(#[from] std::io::Error),
+}
 
 /// Shared state of the sidecar.
 #[derive(Debug)]
@@ -18,17 +32,32 @@ pub struct State {
     /// Refusals.
     pub events: Events,
     policy_file: Option<PathBuf>,
+    firewall: Box<dyn Firewall>,
 }
 
 impl State {
-    /// State starting with `policy`.
-    pub fn new(policy: Policy, events_max: usize, policy_file: Option<PathBuf>) -> Self {
-        Self {
-            current: RwLock::new(Arc::new(Matcher::new(policy))),
+    /// State starting with `policy`, enforced by `firewall`: the policy is
+    /// applied to the kernel before anything else happens (fail closed).
+    pub fn new(
+        policy: Policy,
+        events_max: usize,
+        policy_file: Option<PathBuf>,
+        firewall: Box<dyn Firewall>,
+    ) -> Result<Self, InstallError> {
+        let m = Matcher::new(policy);
+        firewall.apply(&m)?;
+        Ok(Self {
+            current: RwLock::new(Arc::new(m)),
             writer: tokio::sync::Mutex::new(()),
             events: Events::new(events_max),
             policy_file,
-        }
+            firewall,
+        })
+    }
+
+    /// The kernel side.
+    pub fn firewall(&self) -> &dyn Firewall {
+        self.firewall.as_ref()
     }
 
     /// The policy in force.
@@ -39,12 +68,20 @@ impl State {
             .clone()
     }
 
-    /// Persists `policy` (if a file is configured), then puts it in force.
-    pub fn install(&self, policy: Policy) -> std::io::Result<()> {
-        if let Some(path) = &self.policy_file {
-            persist(path, &policy)?;
-        }
+    /// Puts `policy` in force: the kernel first (one transaction), then the
+    /// policy file, then the DNS proxy. If the file cannot be written the
+    /// kernel goes back to the old policy: nothing is half-applied.
+    pub fn install(&self, policy: Policy) -> Result<(), InstallError> {
         let m = Arc::new(Matcher::new(policy));
+        self.firewall.apply(&m)?;
+        if let Some(path) = &self.policy_file {
+            if let Err(e) = persist(path, m.policy()) {
+                if let Err(back) = self.firewall.apply(&self.matcher()) {
+                    tracing::error!(error = %back, "cannot restore the previous nftables policy");
+                }
+                return Err(e.into());
+            }
+        }
         *self
             .current
             .write()

@@ -199,3 +199,37 @@ fn a_refused_batch_changes_nothing() {
         assert!(can_send("10.0.0.1:9"));
     });
 }
+
+#[test]
+fn learned_addresses_are_kept_or_forgotten_on_update() {
+    if !is_root() {
+        eprintln!("SKIPPED learned_addresses_are_kept_or_forgotten_on_update: needs root (CI runs as root)");
+        return;
+    }
+    use egress::nft::{Firewall, Nft};
+    use egress::policy::matcher::Matcher;
+    in_netns(|| {
+        net_up();
+        let p = |s: &str| Matcher::new(Policy::parse(s.as_bytes()).unwrap());
+        let fw = Nft::new(Options::default()).unwrap();
+        fw.apply(&p(r#"{"egress":[{"action":"allow","target":"a.test"},{"action":"allow","target":"b.test"}]}"#)).unwrap();
+        fw.learn("a.test.", &[("10.0.0.1".parse().unwrap(), 60)])
+            .unwrap();
+        fw.learn("b.test.", &[("10.0.0.2".parse().unwrap(), 60)])
+            .unwrap();
+        assert!(can_send("10.0.0.1:9") && can_send("10.0.0.2:9"));
+        fw.apply(&p(r#"{"egress":[{"action":"allow","target":"a.test"}]}"#))
+            .unwrap();
+        let set = Command::new("nft")
+            .args(["list", "set", "inet", "opensandbox", "dyn_allow_v4"])
+            .output()
+            .unwrap();
+        let set = String::from_utf8_lossy(&set.stdout).into_owned();
+        assert!(
+            set.contains("10.0.0.1") && !set.contains("10.0.0.2"),
+            "{set}"
+        );
+        assert!(can_send("10.0.0.1:9"));
+        assert!(!can_send("10.0.0.2:9"));
+    });
+}

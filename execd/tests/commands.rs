@@ -41,6 +41,12 @@ fn exact_bytes_of_a_failure() {
     assert_eq!(r.header("content-type"), Some("text/event-stream"));
     assert_eq!(r.header("cache-control"), Some("no-cache"));
     assert_eq!(r.header("x-accel-buffering"), Some("no"));
+    // The harness asks to close: no contradictory "keep-alive, close".
+    assert!(
+        !r.header("connection").unwrap_or("").contains("keep-alive"),
+        "{:?}",
+        r.header("connection")
+    );
     let body = r.full().text();
     let frames: Vec<&str> = body.split_terminator("\n\n").collect();
     assert_eq!(frames.len(), 4, "{body:?}");

@@ -220,10 +220,15 @@ impl Api {
                 );
                 self.status(&policy, reason, false)
             }
+            Err(e @ crate::state::InstallError::Firewall(_)) => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "FIREWALL_FAILED",
+                &e.to_string(),
+            ),
             Err(e) => error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "PERSIST_FAILED",
-                &format!("failed to persist policy: {e}"),
+                &e.to_string(),
             ),
         }
     }

@@ -148,6 +148,17 @@ impl Proxy {
         }
         match forward::exchange(&self.upstreams, query, transport, self.timeout).await {
             Some(answer) => {
+                // dns+nft: the answer's addresses are allowed in the kernel
+                // before the client sees them, so its first connection never
+                // races the rule. If that fails the client gets SERVFAIL
+                // rather than an answer it cannot use.
+                if self.state.firewall().learns() {
+                    let addrs = answer_addrs(&answer);
+                    if let Err(e) = self.state.firewall().learn(&name, &addrs) {
+                        tracing::error!(domain = %name, error = %e, "cannot allow resolved addresses");
+                        return reply(&msg, ResponseCode::ServFail);
+                    }
+                }
                 tracing::debug!(event = "egress.outbound", domain = %name, "forwarded");
                 Some(answer)
             }
@@ -157,6 +168,22 @@ impl Proxy {
             }
         }
     }
+}
+
+/// The A and AAAA addresses in an answer's Answer section, with their TTLs.
+fn answer_addrs(answer: &[u8]) -> Vec<(std::net::IpAddr, u32)> {
+    use hickory_proto::rr::RData;
+    let Ok(m) = Message::from_vec(answer) else {
+        return Vec::new();
+    };
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some((std::net::IpAddr::V4(a.0), r.ttl)),
+            RData::AAAA(a) => Some((std::net::IpAddr::V6(a.0), r.ttl)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A response to `req` with only its question and `code` (no RA, no OPT).

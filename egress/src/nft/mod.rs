@@ -1,24 +1,201 @@
 //! nftables over netlink: no `nft` binary at run time. [`wire`] encodes
 //! messages, [`expr`] rule expressions, [`ruleset`] builds the sidecar's
-//! ruleset as one batch, and [`socket`] applies a batch atomically.
+//! batches, [`socket`] applies a batch atomically, and [`Nft`] is the
+//! [`Firewall`] that keeps the kernel in step with the policy and the DNS
+//! answers.
 
 pub mod expr;
 pub mod ruleset;
 pub mod socket;
 pub mod wire;
 
-use crate::policy::Policy;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::policy::matcher::Matcher;
+use crate::policy::{Action, Policy};
+use socket::{NftError, Socket};
+
+/// Most learned addresses remembered (for forgetting them when their names
+/// become denied); past it, expired then soonest-expiring entries go.
+pub const MAX_LEARNED: usize = 65_536;
+
+/// The kernel side of enforcement.
+pub trait Firewall: Send + Sync + std::fmt::Debug {
+    /// Puts `matcher`'s policy in force (atomically).
+    fn apply(&self, matcher: &Matcher) -> Result<(), NftError>;
+    /// Allows the addresses an allowed `name` resolved to, each for its TTL
+    /// in seconds, before the answer is released to the client.
+    fn learn(&self, name: &str, addrs: &[(IpAddr, u32)]) -> Result<(), NftError>;
+    /// Whether DNS answers need to be learned at all.
+    fn learns(&self) -> bool;
+}
+
+/// `dns` mode: nothing in the kernel.
+#[derive(Debug, Default)]
+pub struct NoFirewall;
+
+impl Firewall for NoFirewall {
+    fn apply(&self, _: &Matcher) -> Result<(), NftError> {
+        Ok(())
+    }
+    fn learn(&self, _: &str, _: &[(IpAddr, u32)]) -> Result<(), NftError> {
+        Ok(())
+    }
+    fn learns(&self) -> bool {
+        false
+    }
+}
+
+#[derive(Debug)]
+struct Learned {
+    expires: Instant,
+    names: Vec<String>,
+}
+
+/// `dns+nft` mode: the ruleset in `inet opensandbox`.
+#[derive(Debug)]
+pub struct Nft {
+    opts: ruleset::Options,
+    sock: Mutex<Socket>,
+    seq: AtomicU32,
+    installed: AtomicBool,
+    learned: Mutex<HashMap<IpAddr, Learned>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Nft {
+    /// Opens the netlink socket (in the caller's network namespace).
+    pub fn new(opts: ruleset::Options) -> Result<Self, NftError> {
+        Ok(Self {
+            opts,
+            sock: Mutex::new(Socket::open()?),
+            seq: AtomicU32::new(1),
+            installed: AtomicBool::new(false),
+            learned: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn send(&self, build: impl FnOnce(u32) -> ruleset::Encoded) -> Result<(), NftError> {
+        let sock = lock(&self.sock);
+        let seq = self.seq.fetch_add(1 << 16, Ordering::Relaxed);
+        let (bytes, what) = build(seq);
+        sock.apply(&bytes, &what)
+    }
+
+    fn apply_policy(&self, policy: &Policy, matcher: &Matcher) -> Result<(), NftError> {
+        if !self.installed.load(Ordering::Acquire) {
+            self.send(|seq| ruleset::full(policy, &self.opts, seq))?;
+            self.installed.store(true, Ordering::Release);
+            lock(&self.learned).clear();
+            return Ok(());
+        }
+        let now = Instant::now();
+        let forget: Vec<IpAddr> = {
+            let learned = lock(&self.learned);
+            learned
+                .iter()
+                .filter(|(_, l)| {
+                    l.expires > now
+                        && !l
+                            .names
+                            .iter()
+                            .any(|n| matcher.decide_name(n).action == Action::Allow)
+                })
+                .map(|(ip, _)| *ip)
+                .collect()
+        };
+        tracing::debug!(
+            forget = forget.len(),
+            learned = lock(&self.learned).len(),
+            "nftables update"
+        );
+        match self.send(|seq| ruleset::update(policy, &self.opts, &forget, seq)) {
+            Ok(()) => {
+                let mut learned = lock(&self.learned);
+                for ip in &forget {
+                    learned.remove(ip);
+                }
+                Ok(())
+            }
+            // The table was removed behind our back: recreate it whole.
+            Err(NftError::Refused {
+                errno: nix::errno::Errno::ENOENT,
+                ..
+            }) => {
+                self.installed.store(false, Ordering::Release);
+                self.apply_policy(policy, matcher)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Firewall for Nft {
+    fn apply(&self, matcher: &Matcher) -> Result<(), NftError> {
+        self.apply_policy(matcher.policy(), matcher)
+    }
+
+    fn learn(&self, name: &str, addrs: &[(IpAddr, u32)]) -> Result<(), NftError> {
+        if addrs.is_empty() {
+            return Ok(());
+        }
+        let with_ms: Vec<(IpAddr, u64)> = addrs
+            .iter()
+            .map(|(ip, ttl)| (*ip, u64::from((*ttl).max(1)) * 1000))
+            .collect();
+        self.send(|seq| ruleset::learn(&with_ms, seq))?;
+        let now = Instant::now();
+        let mut learned = lock(&self.learned);
+        if learned.len() + addrs.len() > MAX_LEARNED {
+            learned.retain(|_, l| l.expires > now);
+            while learned.len() + addrs.len() > MAX_LEARNED {
+                let Some(soonest) = learned
+                    .iter()
+                    .min_by_key(|(_, l)| l.expires)
+                    .map(|(ip, _)| *ip)
+                else {
+                    break;
+                };
+                learned.remove(&soonest);
+            }
+        }
+        for (ip, ttl) in addrs {
+            let e = learned.entry(*ip).or_insert_with(|| Learned {
+                expires: now,
+                names: Vec::new(),
+            });
+            e.expires = e
+                .expires
+                .max(now + Duration::from_secs(u64::from((*ttl).max(1))));
+            if !e.names.iter().any(|n| n == name) && e.names.len() < 16 {
+                e.names.push(name.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    fn learns(&self) -> bool {
+        true
+    }
+}
 
 /// Applies the whole ruleset for `policy` in one transaction.
-pub fn apply_full(policy: &Policy, opts: &ruleset::Options) -> Result<(), socket::NftError> {
-    let sock = socket::Socket::open()?;
+pub fn apply_full(policy: &Policy, opts: &ruleset::Options) -> Result<(), NftError> {
+    let sock = Socket::open()?;
     let (bytes, what) = ruleset::full(policy, opts, 1);
     sock.apply(&bytes, &what)
 }
 
 /// Removes the ruleset.
-pub fn teardown() -> Result<(), socket::NftError> {
-    let sock = socket::Socket::open()?;
+pub fn teardown() -> Result<(), NftError> {
+    let sock = Socket::open()?;
     let (bytes, what) = ruleset::teardown(1);
     sock.apply(&bytes, &what)
 }

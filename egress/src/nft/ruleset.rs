@@ -171,56 +171,50 @@ pub struct Options {
     pub own_uid: Option<u32>,
 }
 
-/// The batch that (re)creates the whole ruleset for `policy`, atomically.
-pub fn full(policy: &Policy, opts: &Options, seq: u32) -> (Vec<u8>, Vec<(u32, String)>) {
-    let mut b = Batch::new(seq);
+const SETS: [(&str, bool, u32, Option<u64>); 6] = [
+    ("allow_v4", true, set_flags::INTERVAL, None),
+    ("deny_v4", true, set_flags::INTERVAL, None),
+    ("allow_v6", false, set_flags::INTERVAL, None),
+    ("deny_v6", false, set_flags::INTERVAL, None),
+    (
+        "dyn_allow_v4",
+        true,
+        set_flags::TIMEOUT,
+        Some(DYN_TIMEOUT_MS),
+    ),
+    (
+        "dyn_allow_v6",
+        false,
+        set_flags::TIMEOUT,
+        Some(DYN_TIMEOUT_MS),
+    ),
+];
+
+const STATIC_SETS: [(&str, Action, bool); 4] = [
+    ("allow_v4", Action::Allow, true),
+    ("deny_v4", Action::Deny, true),
+    ("allow_v6", Action::Allow, false),
+    ("deny_v6", Action::Deny, false),
+];
+
+fn table_attrs() -> Attrs {
     let mut t = Attrs::default();
     t.str(attr::TABLE_NAME, TABLE);
-    // add + delete + add: replaces the table whether or not it exists, in one transaction.
-    b.add(
-        msg::NEWTABLE,
-        NLM_F_CREATE,
-        family::INET,
-        &t,
-        "table (ensure)",
-    );
-    b.add(msg::DELTABLE, 0, family::INET, &t, "table (delete)");
-    b.add(msg::NEWTABLE, NLM_F_CREATE, family::INET, &t, "table");
+    t
+}
 
-    for (id, (name, v4, flags, timeout)) in (1..).zip([
-        ("allow_v4", true, set_flags::INTERVAL, None),
-        ("deny_v4", true, set_flags::INTERVAL, None),
-        ("allow_v6", false, set_flags::INTERVAL, None),
-        ("deny_v6", false, set_flags::INTERVAL, None),
-        (
-            "dyn_allow_v4",
-            true,
-            set_flags::TIMEOUT,
-            Some(DYN_TIMEOUT_MS),
-        ),
-        (
-            "dyn_allow_v6",
-            false,
-            set_flags::TIMEOUT,
-            Some(DYN_TIMEOUT_MS),
-        ),
-    ]) {
-        add_set(&mut b, name, id, v4, flags, timeout);
-    }
-    for (set, action, v4) in [
-        ("allow_v4", Action::Allow, true),
-        ("deny_v4", Action::Deny, true),
-        ("allow_v6", Action::Allow, false),
-        ("deny_v6", Action::Deny, false),
-    ] {
+fn static_elements(b: &mut Batch, policy: &Policy, opts: &Options) {
+    for (set, action, v4) in STATIC_SETS {
         let bits = if v4 { 32 } else { 128 };
         let r = ranges(
             nets(policy, &opts.extra_allow, action, v4).into_iter(),
             bits,
         );
-        add_intervals(&mut b, set, &r, bits);
+        add_intervals(b, set, &r, bits);
     }
+}
 
+fn chain_and_rules(b: &mut Batch, policy: &Policy, opts: &Options, flush: bool) {
     let mut c = Attrs::default();
     c.str(attr::CHAIN_TABLE, TABLE)
         .str(attr::CHAIN_NAME, CHAIN)
@@ -229,11 +223,7 @@ pub fn full(policy: &Policy, opts: &Options, seq: u32) -> (Vec<u8>, Vec<(u32, St
         })
         .u32(
             attr::CHAIN_POLICY,
-            if policy.default_action == Action::Allow {
-                1
-            } else {
-                0
-            },
+            u32::from(policy.default_action == Action::Allow),
         )
         .str(attr::CHAIN_TYPE, "filter");
     b.add(
@@ -243,25 +233,29 @@ pub fn full(policy: &Policy, opts: &Options, seq: u32) -> (Vec<u8>, Vec<(u32, St
         &c,
         "chain egress",
     );
-
-    add_rule(&mut b, "ct state established,related accept", |x| {
+    if flush {
+        let mut f = Attrs::default();
+        f.str(attr::RULE_TABLE, TABLE).str(attr::RULE_CHAIN, CHAIN);
+        b.add(msg::DELRULE, 0, family::INET, &f, "flush chain egress");
+    }
+    add_rule(b, "ct state established,related accept", |x| {
         x.ct_state_any(CT_ESTABLISHED_RELATED)
             .verdict(Verdict::Accept);
     });
     if let Some(uid) = opts.own_uid {
-        add_rule(&mut b, "meta skuid accept", |x| {
+        add_rule(b, "meta skuid accept", |x| {
             x.meta(MetaKey::SkUid)
                 .cmp(true, &uid.to_ne_bytes())
                 .verdict(Verdict::Accept);
         });
     }
-    add_rule(&mut b, "oifname lo accept", |x| {
+    add_rule(b, "oifname lo accept", |x| {
         x.meta(MetaKey::OifName)
             .cmp(true, b"lo\0")
             .verdict(Verdict::Accept);
     });
     for (proto, name) in [(6u8, "tcp"), (17u8, "udp")] {
-        add_rule(&mut b, &format!("{name} dport 853 drop"), |x| {
+        add_rule(b, &format!("{name} dport 853 drop"), |x| {
             x.meta(MetaKey::L4Proto)
                 .cmp(true, &[proto])
                 .payload(Base::Transport, 2, 2)
@@ -278,7 +272,7 @@ pub fn full(policy: &Policy, opts: &Options, seq: u32) -> (Vec<u8>, Vec<(u32, St
             [(NFPROTO_IPV4, 16, 4, "v4"), (NFPROTO_IPV6, 24, 16, "v6")]
         {
             let name = format!("{set}_{suffix}");
-            add_rule(&mut b, &format!("daddr @{name}"), |x| {
+            add_rule(b, &format!("daddr @{name}"), |x| {
                 x.meta(MetaKey::NfProto)
                     .cmp(true, &[nfproto])
                     .payload(Base::Network, offset, len)
@@ -287,8 +281,114 @@ pub fn full(policy: &Policy, opts: &Options, seq: u32) -> (Vec<u8>, Vec<(u32, St
             });
         }
     }
+}
+
+/// A batch and what each of its messages does.
+pub type Encoded = (Vec<u8>, Vec<(u32, String)>);
+
+fn done(b: Batch) -> Encoded {
     let (bytes, _, what) = b.finish();
     (bytes, what)
+}
+
+/// The batch that (re)creates the whole ruleset for `policy`, atomically
+/// (learned addresses start empty).
+pub fn full(policy: &Policy, opts: &Options, seq: u32) -> Encoded {
+    let mut b = Batch::new(seq);
+    let t = table_attrs();
+    // add + delete + add: replaces the table whether or not it exists, in one transaction.
+    b.add(
+        msg::NEWTABLE,
+        NLM_F_CREATE,
+        family::INET,
+        &t,
+        "table (ensure)",
+    );
+    b.add(msg::DELTABLE, 0, family::INET, &t, "table (delete)");
+    b.add(msg::NEWTABLE, NLM_F_CREATE, family::INET, &t, "table");
+    for (id, (name, v4, flags, timeout)) in (1..).zip(SETS) {
+        add_set(&mut b, name, id, v4, flags, timeout);
+    }
+    static_elements(&mut b, policy, opts);
+    chain_and_rules(&mut b, policy, opts, false);
+    done(b)
+}
+
+/// The batch that changes the ruleset to `policy` in one transaction while
+/// keeping the learned addresses, except `forget` (learned for names the new
+/// policy no longer allows).
+pub fn update(policy: &Policy, opts: &Options, forget: &[IpAddr], seq: u32) -> Encoded {
+    let mut b = Batch::new(seq);
+    for (set, _, _) in STATIC_SETS {
+        let mut f = Attrs::default();
+        f.str(attr::SET_ELEM_LIST_TABLE, TABLE)
+            .str(attr::SET_ELEM_LIST_SET, set);
+        b.add(msg::DELSETELEM, 0, family::INET, &f, format!("flush {set}"));
+    }
+    static_elements(&mut b, policy, opts);
+    dyn_elements(
+        &mut b,
+        msg::DELSETELEM,
+        &forget.iter().map(|ip| (*ip, None)).collect::<Vec<_>>(),
+    );
+    chain_and_rules(&mut b, policy, opts, true);
+    done(b)
+}
+
+/// Adds one element message per family to a dynamic set.
+fn dyn_elements(b: &mut Batch, ty: u16, addrs: &[(IpAddr, Option<u64>)]) {
+    for (set, v4) in [("dyn_allow_v4", true), ("dyn_allow_v6", false)] {
+        let mine: Vec<&(IpAddr, Option<u64>)> =
+            addrs.iter().filter(|(ip, _)| ip.is_ipv4() == v4).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let mut a = Attrs::default();
+        a.str(attr::SET_ELEM_LIST_TABLE, TABLE)
+            .str(attr::SET_ELEM_LIST_SET, set)
+            .nest(attr::SET_ELEM_LIST_ELEMENTS, |list| {
+                for (ip, timeout) in &mine {
+                    list.nest(attr::LIST_ELEM, |e| {
+                        let (v, bits) = addr_bits(*ip);
+                        e.nest(attr::SET_ELEM_KEY, |k| {
+                            k.bytes(attr::DATA_VALUE, &key_bytes(v, bits));
+                        });
+                        if let Some(t) = timeout {
+                            e.u64(attr::SET_ELEM_TIMEOUT, *t);
+                        }
+                    });
+                }
+            });
+        let verb = if ty == msg::DELSETELEM {
+            "remove from"
+        } else {
+            "add to"
+        };
+        b.add(
+            ty,
+            if ty == msg::NEWSETELEM {
+                NLM_F_CREATE
+            } else {
+                0
+            },
+            family::INET,
+            &a,
+            format!("{verb} {set}"),
+        );
+    }
+}
+
+/// The batch that learns `addrs` with their timeouts (milliseconds),
+/// refreshing the timeout of those already there: add, delete, add (a plain
+/// re-add does not refresh the timeout on older kernels).
+pub fn learn(addrs: &[(IpAddr, u64)], seq: u32) -> Encoded {
+    let mut b = Batch::new(seq);
+    let with: Vec<(IpAddr, Option<u64>)> = addrs.iter().map(|(ip, t)| (*ip, Some(*t))).collect();
+    let without: Vec<(IpAddr, Option<u64>)> = addrs.iter().map(|(ip, _)| (*ip, None)).collect();
+    dyn_elements(&mut b, msg::NEWSETELEM, &with);
+    dyn_elements(&mut b, msg::DELSETELEM, &without);
+    dyn_elements(&mut b, msg::NEWSETELEM, &with);
+    done(b)
 }
 
 /// The batch that removes the ruleset.

@@ -32,6 +32,7 @@ pub mod msg {
     pub const DELTABLE: u16 = 2;
     pub const NEWCHAIN: u16 = 3;
     pub const NEWRULE: u16 = 6;
+    pub const DELRULE: u16 = 8;
     pub const NEWSET: u16 = 9;
     pub const NEWSETELEM: u16 = 12;
     pub const DELSETELEM: u16 = 14;

@@ -43,7 +43,11 @@ impl Egress {
                 .env_remove("OPENSANDBOX_EGRESS_TOKEN")
                 .env_remove("OPENSANDBOX_EGRESS_RULES")
                 .stdin(Stdio::null())
-                .stdout(Stdio::null())
+                .stdout(if std::env::var_os("EGRESS_TEST_LOG").is_some() {
+                    Stdio::inherit()
+                } else {
+                    Stdio::null()
+                })
                 .stderr(Stdio::inherit());
             for (k, v) in envs {
                 cmd.env(k, v);
@@ -251,12 +255,14 @@ fn respond(zone: &HashMap<String, Vec<Ipv4Addr>>, q: &[u8]) -> Vec<u8> {
     let name = question.name().to_ascii().to_ascii_lowercase();
     let name = name.trim_end_matches('.').to_string();
     m.add_query(question.clone());
+    // Names starting with "short" have a 1 s TTL (for expiry tests).
+    let ttl = if name.starts_with("short") { 1 } else { 60 };
     match zone.get(&name) {
         Some(ips) => {
             for ip in ips {
                 m.add_answer(Record::from_rdata(
                     question.name().clone(),
-                    60,
+                    ttl,
                     RData::A(A(*ip)),
                 ));
             }
@@ -264,4 +270,68 @@ fn respond(zone: &HashMap<String, Vec<Ipv4Addr>>, q: &[u8]) -> Vec<u8> {
         None => m.metadata.response_code = ResponseCode::NXDomain,
     }
     m.to_vec().unwrap()
+}
+
+/// A network namespace of the test's own, removed on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// Creates it with loopback up and a veth whose default route leads
+    /// nowhere (a fixed neighbour), so datagrams to any address leave
+    /// unless nftables drops them.
+    pub fn new(tag: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "egt-{}-{tag}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        );
+        let ns = Netns { name };
+        ns.sh(&format!("ip netns add {}", ns.name));
+        ns.sh(&format!(
+            "ip -n {n} link set lo up && ip -n {n} link add v0 type veth peer name v1 && ip -n {n} link set v0 up \
+             && ip -n {n} link set v1 up && ip -n {n} addr add 192.0.2.1/24 dev v0 \
+             && ip -n {n} route add default via 192.0.2.2 dev v0 \
+             && ip -n {n} neigh add 192.0.2.2 lladdr 02:00:00:00:00:02 dev v0 nud permanent",
+            n = ns.name
+        ));
+        ns
+    }
+
+    fn sh(&self, cmd: &str) {
+        let st = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
+        assert!(st.success(), "{cmd}");
+    }
+
+    /// Moves the calling thread into the namespace (its children and the
+    /// sockets it opens then live there).
+    pub fn enter(&self) {
+        let f = std::fs::File::open(format!("/var/run/netns/{}", self.name)).unwrap();
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
+    }
+}
+
+/// Whether a UDP datagram to `addr` may leave (a drop in the output hook
+/// fails the send with EPERM).
+pub fn can_send(addr: &str) -> bool {
+    let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+    match s.send_to(b"x", addr) {
+        Ok(_) => true,
+        Err(e) if e.raw_os_error() == Some(1) => false,
+        Err(e) => panic!("send to {addr}: {e}"),
+    }
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
 }

@@ -112,10 +112,19 @@ pub async fn serve(listener: TcpListener, app: Arc<App>) {
 
 async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let span = tracing::debug_span!("request", method = %req.method(), path = %req.uri().path());
-    Ok(route(app, req)
+    let closing = req
+        .headers()
+        .get(header::CONNECTION)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+    let mut resp = route(app, req)
         .instrument(span)
         .await
-        .unwrap_or_else(ApiError::into_response))
+        .unwrap_or_else(ApiError::into_response);
+    if closing {
+        // Do not announce keep-alive on a connection the client closes.
+        resp.headers_mut().remove(header::CONNECTION);
+    }
+    Ok(resp)
 }
 
 fn authorized(cfg: &Config, req: &Request<Incoming>) -> bool {

@@ -1,0 +1,132 @@
+//! `dns+nft` end to end: the real egress binary in a network namespace of the
+//! test's own, a fake resolver, and datagrams that the kernel lets out or
+//! drops. Needs root (CI runs as root).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use common::*;
+use hickory_proto::op::ResponseCode;
+
+fn skip(test: &str) -> bool {
+    if is_root() {
+        return false;
+    }
+    eprintln!("SKIPPED {test}: needs root for network namespaces and nftables (CI runs as root)");
+    true
+}
+
+const RULES: &str = r#"{"defaultAction":"deny","egress":[
+    {"action":"allow","target":"allowed.test"},
+    {"action":"allow","target":"short.test"},
+    {"action":"allow","target":"other.test"},
+    {"action":"allow","target":"10.5.0.0/16"}]}"#;
+
+fn world() -> FakeResolver {
+    FakeResolver::start(&[
+        ("allowed.test", vec![Ipv4Addr::new(10, 0, 0, 1)]),
+        ("denied.test", vec![Ipv4Addr::new(10, 0, 0, 2)]),
+        ("other.test", vec![Ipv4Addr::new(10, 0, 0, 3)]),
+        ("short.test", vec![Ipv4Addr::new(10, 0, 0, 9)]),
+    ])
+}
+
+fn start(w: &FakeResolver, rules: &str) -> Egress {
+    let upstream = w.addr.to_string();
+    Egress::start(&[
+        ("OPENSANDBOX_EGRESS_MODE", "dns+nft"),
+        ("OPENSANDBOX_EGRESS_DNS_UPSTREAM", &upstream),
+        ("OPENSANDBOX_EGRESS_RULES", rules),
+    ])
+}
+
+#[test]
+fn answers_open_exactly_their_addresses() {
+    if skip("answers_open_exactly_their_addresses") {
+        return;
+    }
+    let ns = Netns::new("answers");
+    std::thread::spawn(move || {
+        ns.enter();
+        let w = world();
+        let e = start(&w, RULES);
+        // Nothing is reachable before a lookup, CIDR rules are.
+        assert!(!can_send("10.0.0.1:443"));
+        assert!(can_send("10.5.1.1:443"));
+        assert!(!can_send("10.6.1.1:443"));
+        assert!(!can_send("11.0.0.1:443"));
+        // An allowed answer's address is open by the time the answer arrives.
+        assert_eq!(addrs(&e.lookup("allowed.test.")), [Ipv4Addr::new(10, 0, 0, 1)]);
+        assert!(can_send("10.0.0.1:443"), "no race: allowed before the answer is released");
+        // A denied name: NXDOMAIN, and its address stays closed when dialled directly.
+        assert_eq!(rcode(&e.lookup("denied.test.")), ResponseCode::NXDomain);
+        assert!(!can_send("10.0.0.2:443"));
+        // A policy change keeps what was learned for names that stay allowed...
+        assert_eq!(addrs(&e.lookup("other.test.")), [Ipv4Addr::new(10, 0, 0, 3)]);
+        assert_eq!(e.json("PATCH", "/policy", Some(r#"[{"action":"allow","target":"new.test"}]"#)).0, 200);
+        assert!(can_send("10.0.0.1:443"), "learned addresses survive unrelated changes");
+        // ...and forgets it for names that become denied.
+        assert_eq!(e.json("DELETE", "/policy", Some(r#"["other.test"]"#)).0, 200);
+        assert!(!can_send("10.0.0.3:443"), "removed name, removed address");
+        assert!(can_send("10.0.0.1:443"));
+        // TTL expiry closes the address again.
+        assert_eq!(addrs(&e.lookup("short.test.")), [Ipv4Addr::new(10, 0, 0, 9)]);
+        assert!(can_send("10.0.0.9:443"));
+        assert!(wait_closed("10.0.0.9:443", Duration::from_secs(5)), "expired after its 1 s TTL");
+        // DNS over TCP learns too.
+        assert_eq!(e.json("PATCH", "/policy", Some(r#"[{"action":"allow","target":"other.test"}]"#)).0, 200);
+        assert_eq!(addrs(&dns_tcp(e.dns, "other.test.", hickory_proto::rr::RecordType::A)), [Ipv4Addr::new(10, 0, 0, 3)]);
+        assert!(can_send("10.0.0.3:443"));
+        // Default allow with deny rules.
+        assert_eq!(e.json("POST", "/policy", Some(r#"{"defaultAction":"allow","egress":[{"action":"deny","target":"10.6.0.0/16"}]}"#)).0, 200);
+        assert!(can_send("11.0.0.1:443"));
+        assert!(!can_send("10.6.1.1:443"));
+        let (_, v) = e.json("GET", "/policy", None);
+        assert_eq!(v["enforcementMode"], "dns+nft");
+    })
+    .join()
+    .unwrap();
+}
+
+fn wait_closed(addr: &str, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if !can_send(addr) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+#[test]
+fn a_crash_keeps_the_sandbox_closed() {
+    if skip("a_crash_keeps_the_sandbox_closed") {
+        return;
+    }
+    let ns = Netns::new("crash");
+    std::thread::spawn(move || {
+        ns.enter();
+        let w = world();
+        let e = start(&w, RULES);
+        assert!(!can_send("11.0.0.1:443"));
+        drop(e); // SIGKILL: no cleanup runs
+        assert!(
+            !can_send("11.0.0.1:443"),
+            "rules stay in the kernel: fail closed"
+        );
+        assert!(can_send("10.5.1.1:443"));
+        let e = start(&w, RULES);
+        assert_eq!(
+            addrs(&e.lookup("allowed.test.")),
+            [Ipv4Addr::new(10, 0, 0, 1)]
+        );
+        assert!(can_send("10.0.0.1:443"));
+        assert!(!can_send("11.0.0.1:443"));
+    })
+    .join()
+    .unwrap();
+}
