@@ -69,6 +69,10 @@ pub struct Config {
     pub resolv_conf: PathBuf,
     /// `OPENSANDBOX_EGRESS_EVENTS_MAX` (extension): refusals kept for `GET /events` (default 1024).
     pub events_max: usize,
+    /// `OPENSANDBOX_EGRESS_REDIRECT` (extension, default on): redirect the
+    /// namespace's DNS to the proxy; `off` when something else does (or in
+    /// tests that must not touch the host's network namespace).
+    pub redirect: bool,
 }
 
 /// A configuration error.
@@ -192,6 +196,12 @@ impl Config {
             )?,
             resolv_conf: get("OPENSANDBOX_EGRESS_RESOLV_CONF")
                 .map_or_else(|| PathBuf::from("/etc/resolv.conf"), PathBuf::from),
+            redirect: !matches!(
+                get("OPENSANDBOX_EGRESS_REDIRECT")
+                    .map(|v| v.to_ascii_lowercase())
+                    .as_deref(),
+                Some("off" | "0" | "false" | "no")
+            ),
             events_max: get("OPENSANDBOX_EGRESS_EVENTS_MAX")
                 .and_then(|v| v.parse().ok())
                 .filter(|n| *n > 0)

@@ -39,32 +39,35 @@ fn run() -> anyhow::Result<()> {
         let policy = initial_policy(cfg.policy_file.as_deref(), cfg.rules.as_deref())
             .map_err(anyhow::Error::msg)?;
         let upstreams = cfg.resolvers();
-        let firewall: Box<dyn Firewall> = match cfg.mode {
-            Mode::Dns => Box::new(NoFirewall),
-            Mode::DnsNft => {
-                let mut extra_allow: Vec<std::net::IpAddr> =
-                    vec![std::net::Ipv4Addr::LOCALHOST.into()];
-                extra_allow.extend(upstreams.iter().map(std::net::SocketAddr::ip));
-                Box::new(
-                    Nft::new(Options {
-                        extra_allow,
-                        own_uid: None,
-                    })
-                    .context("open nftables netlink")?,
-                )
+        let filter = cfg.mode == Mode::DnsNft;
+        let firewall: Box<dyn Firewall> = if filter || cfg.redirect {
+            let mut extra_allow: Vec<std::net::IpAddr> = vec![std::net::Ipv4Addr::LOCALHOST.into()];
+            extra_allow.extend(upstreams.iter().map(std::net::SocketAddr::ip));
+            let own_cgroup = egress::nft::cgroup::own();
+            if own_cgroup.is_none() {
+                tracing::warn!("egress runs in the root cgroup: its own DNS and traffic cannot be told apart from the sandbox's");
             }
+            Box::new(
+                Nft::new(Options {
+                    filter,
+                    redirect_port: cfg.redirect.then_some(cfg.dns_addr.port()),
+                    extra_allow,
+                    own_cgroup,
+                })
+                .context("open nftables netlink")?,
+            )
+        } else {
+            Box::new(NoFirewall)
         };
-        // The policy is in the kernel before the proxy and the API start
-        // (and /healthz answers): there is no window without enforcement.
-        let state = Arc::new(
-            State::new(policy, cfg.events_max, cfg.policy_file.clone(), firewall)
-                .context("apply the initial policy")?,
-        );
+        let state = Arc::new(State::new(policy, cfg.events_max, cfg.policy_file.clone(), firewall));
+        // Order matters: the proxy listens before DNS is redirected to it, and
+        // the policy is in the kernel before the API (and /healthz) answers.
         let proxy = Proxy::new(state.clone(), upstreams.clone(), cfg.dns_upstream_timeout);
         let dns = proxy
             .serve(cfg.dns_addr)
             .await
             .with_context(|| format!("dns proxy on {}", cfg.dns_addr))?;
+        state.enforce().context("apply the initial policy")?;
         let listener = tokio::net::TcpListener::bind(cfg.http_addr)
             .await
             .with_context(|| format!("listen on {}", cfg.http_addr))?;

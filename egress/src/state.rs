@@ -36,23 +36,28 @@ pub struct State {
 }
 
 impl State {
-    /// State starting with `policy`, enforced by `firewall`: the policy is
-    /// applied to the kernel before anything else happens (fail closed).
+    /// State starting with `policy`, enforced by `firewall` once
+    /// [`State::enforce`] is called.
     pub fn new(
         policy: Policy,
         events_max: usize,
         policy_file: Option<PathBuf>,
         firewall: Box<dyn Firewall>,
-    ) -> Result<Self, InstallError> {
-        let m = Matcher::new(policy);
-        firewall.apply(&m)?;
-        Ok(Self {
-            current: RwLock::new(Arc::new(m)),
+    ) -> Self {
+        Self {
+            current: RwLock::new(Arc::new(Matcher::new(policy))),
             writer: tokio::sync::Mutex::new(()),
             events: Events::new(events_max),
             policy_file,
             firewall,
-        })
+        }
+    }
+
+    /// Puts the current policy in the kernel (at start; fail closed: an
+    /// error here must stop egress).
+    pub fn enforce(&self) -> Result<(), InstallError> {
+        self.firewall.apply(&self.matcher())?;
+        Ok(())
     }
 
     /// The kernel side.

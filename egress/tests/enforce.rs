@@ -130,3 +130,79 @@ fn a_crash_keeps_the_sandbox_closed() {
     .join()
     .unwrap();
 }
+
+/// A DNS query over UDP from a socket carrying `mark` (0 = none).
+fn query_with_mark(server: &str, name: &str, mark: u32) -> Option<hickory_proto::op::Message> {
+    use std::os::fd::AsFd;
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    if mark != 0 {
+        nix::sys::socket::setsockopt(&s.as_fd(), nix::sys::socket::sockopt::Mark, &mark).unwrap();
+    }
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s.send_to(&query(name, hickory_proto::rr::RecordType::A), server)
+        .ok()?;
+    let mut buf = vec![0u8; 4096];
+    let n = s.recv(&mut buf).ok()?;
+    hickory_proto::op::Message::from_vec(&buf[..n]).ok()
+}
+
+#[test]
+fn all_dns_goes_through_the_proxy_and_marks_do_not_escape() {
+    if skip("all_dns_goes_through_the_proxy_and_marks_do_not_escape") {
+        return;
+    }
+    let Some(cg) = Cgroup::new("redirect") else {
+        panic!("cgroup v2 is not mounted: egress cannot tell its own traffic apart");
+    };
+    let ns = Netns::new("redirect");
+    std::thread::spawn(move || {
+        ns.enter();
+        // The "real" resolver listens on port 53: egress's own queries to it
+        // must not be redirected back to egress.
+        let w = FakeResolver::start_on(
+            &[
+                ("allowed.test", vec![Ipv4Addr::new(10, 0, 0, 1)]),
+                ("denied.test", vec![Ipv4Addr::new(10, 0, 0, 2)]),
+            ],
+            Some("127.0.0.1:53".parse().unwrap()),
+        );
+        let e = Egress::start_in(
+            &[
+                ("OPENSANDBOX_EGRESS_MODE", "dns+nft"),
+                ("OPENSANDBOX_EGRESS_REDIRECT", "on"),
+                ("OPENSANDBOX_EGRESS_DNS_UPSTREAM", "127.0.0.1:53"),
+                ("OPENSANDBOX_EGRESS_RULES", r#"{"defaultAction":"deny","egress":[{"action":"allow","target":"allowed.test"}]}"#),
+            ],
+            Some(&cg.path),
+        );
+        // Any resolver address: the answer comes from the proxy.
+        let m = query_with_mark("198.51.100.1:53", "allowed.test.", 0).expect("redirected answer");
+        assert_eq!(addrs(&m), [Ipv4Addr::new(10, 0, 0, 1)]);
+        assert!(can_send("10.0.0.1:443"), "learned through the redirect");
+        let m = query_with_mark("198.51.100.1:53", "denied.test.", 0).expect("redirected answer");
+        assert_eq!(rcode(&m), ResponseCode::NXDomain);
+        // Asking the real resolver directly is redirected too.
+        let m = query_with_mark("127.0.0.1:53", "denied.test.", 0).expect("redirected answer");
+        assert_eq!(rcode(&m), ResponseCode::NXDomain, "the sandbox cannot reach the resolver around the proxy");
+        // DNS over TCP is redirected.
+        assert_eq!(rcode(&dns_tcp("198.51.100.1:53".parse().unwrap(), "denied.test.", hickory_proto::rr::RecordType::A)), ResponseCode::NXDomain);
+        // A process that can set packet marks (CAP_NET_ADMIN here; upstream's
+        // exemption was mark 0x1) gets no bypass: neither of DNS...
+        for mark in [1u32, 0xffff_ffff] {
+            let m = query_with_mark("127.0.0.1:53", "denied.test.", mark).expect("redirected answer");
+            assert_eq!(rcode(&m), ResponseCode::NXDomain, "mark {mark:#x}");
+        }
+        // ...nor of the filter.
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        {
+            use std::os::fd::AsFd;
+            nix::sys::socket::setsockopt(&s.as_fd(), nix::sys::socket::sockopt::Mark, &1u32).unwrap();
+        }
+        let sent = s.send_to(b"x", "10.0.0.2:443");
+        assert_eq!(sent.err().and_then(|e| e.raw_os_error()), Some(1), "marked packet to a denied address is dropped");
+        assert!(w.udp_queries.load(std::sync::atomic::Ordering::SeqCst) >= 1, "egress itself reached the resolver");
+        drop(e);
+    })
+    .join()
+    .unwrap();
+}

@@ -36,6 +36,13 @@ fn net_up() {
         && ip neigh add 192.0.2.2 lladdr 02:00:00:00:00:02 dev v0 nud permanent");
 }
 
+fn filter_only() -> Options {
+    Options {
+        filter: true,
+        ..Options::default()
+    }
+}
+
 fn ruleset() -> Value {
     let out = Command::new("nft")
         .args(["-j", "list", "ruleset"])
@@ -91,8 +98,9 @@ fn ruleset_is_applied_atomically_and_enforces() {
         )
         .unwrap();
         let opts = Options {
+            filter: true,
             extra_allow: vec!["203.0.113.53".parse().unwrap()],
-            own_uid: None,
+            ..Options::default()
         };
         apply_full(&policy, &opts).unwrap();
 
@@ -169,7 +177,7 @@ fn a_refused_batch_changes_nothing() {
             br#"{"defaultAction":"deny","egress":[{"action":"allow","target":"10.0.0.0/8"}]}"#,
         )
         .unwrap();
-        apply_full(&policy, &Options::default()).unwrap();
+        apply_full(&policy, &filter_only()).unwrap();
         // A batch with an invalid message (a rule in a chain that does not
         // exist) is refused whole.
         use egress::nft::wire::{attr, family, msg, Attrs, Batch, NLM_F_CREATE};
@@ -211,7 +219,7 @@ fn learned_addresses_are_kept_or_forgotten_on_update() {
     in_netns(|| {
         net_up();
         let p = |s: &str| Matcher::new(Policy::parse(s.as_bytes()).unwrap());
-        let fw = Nft::new(Options::default()).unwrap();
+        let fw = Nft::new(filter_only()).unwrap();
         fw.apply(&p(r#"{"egress":[{"action":"allow","target":"a.test"},{"action":"allow","target":"b.test"}]}"#)).unwrap();
         fw.learn("a.test.", &[("10.0.0.1".parse().unwrap(), 60)])
             .unwrap();

@@ -62,6 +62,16 @@ impl Proxy {
         tokio::spawn(async move { me.serve_udp(udp).await });
         let me = self.clone();
         tokio::spawn(async move { me.serve_tcp(tcp).await });
+        // Redirected IPv6 queries arrive at [::1] on the same port.
+        if bound.ip().is_loopback() && bound.is_ipv4() {
+            let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, bound.port()));
+            if let (Ok(u), Ok(t)) = (UdpSocket::bind(v6).await, TcpListener::bind(v6).await) {
+                let me = self.clone();
+                tokio::spawn(async move { me.serve_udp(Arc::new(u)).await });
+                let me = self.clone();
+                tokio::spawn(async move { me.serve_tcp(t).await });
+            }
+        }
         Ok(bound)
     }
 

@@ -103,6 +103,40 @@ impl Exprs {
         self.cmp(false, &0u32.to_ne_bytes())
     }
 
+    /// Loads the cgroup v2 id of the packet's socket at `level` into register 1.
+    pub fn socket_cgroup(&mut self, level: u32) -> &mut Self {
+        self.expr("socket", |d| {
+            d.u32(1, 3).u32(2, REG1).u32(3, level); // NFT_SOCKET_CGROUPV2
+        })
+    }
+
+    /// Loads `data` into register 1.
+    pub fn load(&mut self, data: &[u8]) -> &mut Self {
+        self.expr("immediate", |d| {
+            d.u32(1, REG1).nest(2, |v| {
+                v.bytes(attr::DATA_VALUE, data);
+            });
+        })
+    }
+
+    /// Redirects to the local port held in register 1 (a terminal statement).
+    pub fn redirect(&mut self) -> &mut Self {
+        self.expr("redir", |d| {
+            d.u32(1, REG1).u32(2, REG1); // proto min and max
+        })
+    }
+
+    /// `NFT_RETURN`: leave this chain.
+    pub fn ret(&mut self) -> &mut Self {
+        self.expr("immediate", |d| {
+            d.u32(1, REG_VERDICT).nest(2, |data| {
+                data.nest(attr::DATA_VERDICT, |vd| {
+                    vd.i32(attr::VERDICT_CODE, -5);
+                });
+            });
+        })
+    }
+
     /// Ends the rule with a verdict.
     pub fn verdict(&mut self, v: Verdict) -> &mut Self {
         self.expr("immediate", |d| {

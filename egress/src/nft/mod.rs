@@ -4,6 +4,7 @@
 //! [`Firewall`] that keeps the kernel in step with the policy and the DNS
 //! answers.
 
+pub mod cgroup;
 pub mod expr;
 pub mod ruleset;
 pub mod socket;
@@ -90,7 +91,10 @@ impl Nft {
     }
 
     fn apply_policy(&self, policy: &Policy, matcher: &Matcher) -> Result<(), NftError> {
-        if !self.installed.load(Ordering::Acquire) {
+        if !self.installed.load(Ordering::Acquire) || !self.opts.filter {
+            if self.installed.load(Ordering::Acquire) {
+                return Ok(()); // dns mode: the redirect does not depend on the policy
+            }
             self.send(|seq| ruleset::full(policy, &self.opts, seq))?;
             self.installed.store(true, Ordering::Release);
             lock(&self.learned).clear();
@@ -184,6 +188,78 @@ impl Firewall for Nft {
     fn learns(&self) -> bool {
         true
     }
+}
+
+/// Deepest cgroup level probed.
+const MAX_CGROUP_LEVEL: u32 = 16;
+/// First local port used by the probe (one port per level).
+const PROBE_PORT: u16 = 61_200;
+
+/// Finds at which level of the cgroup v2 hierarchy the cgroup `id` sits, by
+/// asking the kernel: a temporary table drops this process's datagrams to
+/// 127.0.0.1:(PROBE_PORT + level) when `socket cgroupv2 level <level>` is
+/// `id`; the first port whose send is refused gives the level. None when no
+/// level matches (the root cgroup, which the sandbox may share).
+pub fn probe_cgroup_level(id: u64) -> Option<u32> {
+    use expr::{Base, Exprs, MetaKey, Verdict};
+    use wire::{attr, family, msg, Attrs, Batch, NLM_F_CREATE};
+    const T: &str = "opensandbox_probe";
+    let sock = Socket::open().ok()?;
+    let mut b = Batch::new(1);
+    let mut t = Attrs::default();
+    t.str(attr::TABLE_NAME, T);
+    b.add(msg::NEWTABLE, NLM_F_CREATE, family::INET, &t, "probe table");
+    let mut c = Attrs::default();
+    c.str(attr::CHAIN_TABLE, T)
+        .str(attr::CHAIN_NAME, "probe")
+        .nest(attr::CHAIN_HOOK, |h| {
+            h.u32(attr::HOOK_HOOKNUM, 3).i32(attr::HOOK_PRIORITY, -300);
+        })
+        .u32(attr::CHAIN_POLICY, 1)
+        .str(attr::CHAIN_TYPE, "filter");
+    b.add(msg::NEWCHAIN, NLM_F_CREATE, family::INET, &c, "probe chain");
+    for level in 1..=MAX_CGROUP_LEVEL {
+        let mut x = Exprs::default();
+        let port = PROBE_PORT + u16::try_from(level).unwrap_or(0);
+        x.meta(MetaKey::L4Proto)
+            .cmp(true, &[17])
+            .payload(Base::Transport, 2, 2)
+            .cmp(true, &port.to_be_bytes())
+            .socket_cgroup(level)
+            .cmp(true, &id.to_ne_bytes())
+            .verdict(Verdict::Drop);
+        let mut r = Attrs::default();
+        r.str(attr::RULE_TABLE, T)
+            .str(attr::RULE_CHAIN, "probe")
+            .nest(attr::RULE_EXPRESSIONS, |l| {
+                l.bytes_raw(x.attrs().as_slice());
+            });
+        b.add(
+            msg::NEWRULE,
+            NLM_F_CREATE | 0x800,
+            family::INET,
+            &r,
+            format!("probe level {level}"),
+        );
+    }
+    let (bytes, _, what) = b.finish();
+    if let Err(e) = sock.apply(&bytes, &what) {
+        tracing::warn!(error = %e, "cannot probe the cgroup level");
+        return None;
+    }
+    let found = std::net::UdpSocket::bind("127.0.0.1:0").ok().and_then(|s| {
+        (1..=MAX_CGROUP_LEVEL).find(|level| {
+            let port = PROBE_PORT + u16::try_from(*level).unwrap_or(0);
+            matches!(s.send_to(b"?", ("127.0.0.1", port)), Err(e) if e.raw_os_error() == Some(1))
+        })
+    });
+    let mut b = Batch::new(100);
+    b.add(msg::DELTABLE, 0, family::INET, &t, "probe table (delete)");
+    let (bytes, _, what) = b.finish();
+    if let Err(e) = sock.apply(&bytes, &what) {
+        tracing::warn!(error = %e, "cannot remove the cgroup probe table");
+    }
+    found
 }
 
 /// Applies the whole ruleset for `policy` in one transaction.

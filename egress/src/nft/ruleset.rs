@@ -144,11 +144,15 @@ fn add_intervals(b: &mut Batch, set: &str, ranges: &[(u128, Option<u128>)], bits
 }
 
 fn add_rule(b: &mut Batch, what: &str, build: impl FnOnce(&mut Exprs)) {
+    add_rule_to(b, CHAIN, what, build);
+}
+
+fn add_rule_to(b: &mut Batch, chain: &str, what: &str, build: impl FnOnce(&mut Exprs)) {
     let mut x = Exprs::default();
     build(&mut x);
     let mut a = Attrs::default();
     a.str(attr::RULE_TABLE, TABLE)
-        .str(attr::RULE_CHAIN, CHAIN)
+        .str(attr::RULE_CHAIN, chain)
         .nest(attr::RULE_EXPRESSIONS, |l| {
             l.bytes_raw(x.attrs().as_slice());
         });
@@ -164,12 +168,21 @@ fn add_rule(b: &mut Batch, what: &str, build: impl FnOnce(&mut Exprs)) {
 /// Options of the ruleset.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
+    /// Install the filter chain and sets (`dns+nft`).
+    pub filter: bool,
+    /// Redirect all DNS (UDP and TCP port 53) to this local port.
+    pub redirect_port: Option<u16>,
     /// Addresses always allowed (the resolvers egress forwards to).
     pub extra_allow: Vec<IpAddr>,
-    /// The uid egress's own sockets use: its traffic passes (a uid is
-    /// something a process in the sandbox cannot forge, unlike a mark).
-    pub own_uid: Option<u32>,
+    /// egress's own cgroup v2 (level, id): its sockets are exempt from the
+    /// redirect and the filter. A cgroup is something a process in the
+    /// sandbox cannot forge, unlike a packet mark (upstream's exemption,
+    /// which any process with CAP_NET_RAW or CAP_NET_ADMIN can set).
+    pub own_cgroup: Option<(u32, u64)>,
 }
+
+/// Name of the DNS redirect chain.
+pub const REDIRECT_CHAIN: &str = "dns_redirect";
 
 const SETS: [(&str, bool, u32, Option<u64>); 6] = [
     ("allow_v4", true, set_flags::INTERVAL, None),
@@ -242,10 +255,10 @@ fn chain_and_rules(b: &mut Batch, policy: &Policy, opts: &Options, flush: bool) 
         x.ct_state_any(CT_ESTABLISHED_RELATED)
             .verdict(Verdict::Accept);
     });
-    if let Some(uid) = opts.own_uid {
-        add_rule(b, "meta skuid accept", |x| {
-            x.meta(MetaKey::SkUid)
-                .cmp(true, &uid.to_ne_bytes())
+    if let Some((level, id)) = opts.own_cgroup {
+        add_rule(b, "egress's own cgroup accept", |x| {
+            x.socket_cgroup(level)
+                .cmp(true, &id.to_ne_bytes())
                 .verdict(Verdict::Accept);
         });
     }
@@ -306,12 +319,58 @@ pub fn full(policy: &Policy, opts: &Options, seq: u32) -> Encoded {
     );
     b.add(msg::DELTABLE, 0, family::INET, &t, "table (delete)");
     b.add(msg::NEWTABLE, NLM_F_CREATE, family::INET, &t, "table");
-    for (id, (name, v4, flags, timeout)) in (1..).zip(SETS) {
-        add_set(&mut b, name, id, v4, flags, timeout);
+    if opts.filter {
+        for (id, (name, v4, flags, timeout)) in (1..).zip(SETS) {
+            add_set(&mut b, name, id, v4, flags, timeout);
+        }
+        static_elements(&mut b, policy, opts);
+        chain_and_rules(&mut b, policy, opts, false);
     }
-    static_elements(&mut b, policy, opts);
-    chain_and_rules(&mut b, policy, opts, false);
+    if let Some(port) = opts.redirect_port {
+        redirect_chain(&mut b, opts, port);
+    }
     done(b)
+}
+
+/// `type nat hook output priority -100`: every DNS query (UDP and TCP port
+/// 53, any destination, both families) goes to the local proxy, except
+/// egress's own.
+fn redirect_chain(b: &mut Batch, opts: &Options, port: u16) {
+    let mut c = Attrs::default();
+    c.str(attr::CHAIN_TABLE, TABLE)
+        .str(attr::CHAIN_NAME, REDIRECT_CHAIN)
+        .nest(attr::CHAIN_HOOK, |h| {
+            h.u32(attr::HOOK_HOOKNUM, 3).i32(attr::HOOK_PRIORITY, -100);
+        })
+        .u32(attr::CHAIN_POLICY, 1)
+        .str(attr::CHAIN_TYPE, "nat");
+    b.add(
+        msg::NEWCHAIN,
+        NLM_F_CREATE,
+        family::INET,
+        &c,
+        "chain dns_redirect",
+    );
+    if let Some((level, id)) = opts.own_cgroup {
+        add_rule_to(b, REDIRECT_CHAIN, "egress's own cgroup return", |x| {
+            x.socket_cgroup(level).cmp(true, &id.to_ne_bytes()).ret();
+        });
+    }
+    for (proto, name) in [(17u8, "udp"), (6u8, "tcp")] {
+        add_rule_to(
+            b,
+            REDIRECT_CHAIN,
+            &format!("{name} dport 53 redirect"),
+            |x| {
+                x.meta(MetaKey::L4Proto)
+                    .cmp(true, &[proto])
+                    .payload(Base::Transport, 2, 2)
+                    .cmp(true, &53u16.to_be_bytes())
+                    .load(&port.to_be_bytes())
+                    .redirect();
+            },
+        );
+    }
 }
 
 /// The batch that changes the ruleset to `policy` in one transaction while

@@ -32,12 +32,33 @@ pub struct Egress {
 }
 
 impl Egress {
+    /// Starts egress with `envs`. The DNS redirect is off unless `envs`
+    /// turn it on: tests on loopback run in the host's network namespace,
+    /// which they must never change.
     pub fn start(envs: &[(&str, &str)]) -> Self {
+        Self::start_in(envs, None)
+    }
+
+    /// Starts egress inside the cgroup v2 directory `cgroup` (so that its
+    /// own traffic can be told apart from the test's).
+    pub fn start_in(envs: &[(&str, &str)], cgroup: Option<&std::path::Path>) -> Self {
         for _ in 0..5 {
             let http: SocketAddr = ([127, 0, 0, 1], free_port()).into();
             let dns: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_egress"));
-            cmd.env("OPENSANDBOX_EGRESS_HTTP_ADDR", http.to_string())
+            let mut cmd = match cgroup {
+                None => Command::new(env!("CARGO_BIN_EXE_egress")),
+                Some(dir) => {
+                    let mut c = Command::new("sh");
+                    c.arg("-c")
+                        .arg(r#"echo $$ > "$1/cgroup.procs" && exec "$2""#)
+                        .arg("sh")
+                        .arg(dir)
+                        .arg(env!("CARGO_BIN_EXE_egress"));
+                    c
+                }
+            };
+            cmd.env("OPENSANDBOX_EGRESS_REDIRECT", "off")
+                .env("OPENSANDBOX_EGRESS_HTTP_ADDR", http.to_string())
                 .env("OPENSANDBOX_EGRESS_DNS_ADDR", dns.to_string())
                 .env("OPENSANDBOX_EGRESS_DNS_UPSTREAM_TIMEOUT", "1")
                 .env_remove("OPENSANDBOX_EGRESS_TOKEN")
@@ -191,14 +212,26 @@ pub struct FakeResolver {
 
 impl FakeResolver {
     pub fn start(zone: &[(&str, Vec<Ipv4Addr>)]) -> Self {
+        Self::start_on(zone, None)
+    }
+
+    /// Listens on `addr` (both UDP and TCP), or a free loopback port.
+    pub fn start_on(zone: &[(&str, Vec<Ipv4Addr>)], addr: Option<SocketAddr>) -> Self {
         let zone: Arc<HashMap<String, Vec<Ipv4Addr>>> = Arc::new(
             zone.iter()
                 .map(|(n, a)| (n.to_ascii_lowercase(), a.clone()))
                 .collect(),
         );
-        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        // The same port for UDP and TCP: retry until both are free.
+        let want = addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let (udp, tcp) = (0..50)
+            .find_map(|_| {
+                let udp = UdpSocket::bind(want).ok()?;
+                let tcp = TcpListener::bind(udp.local_addr().ok()?).ok()?;
+                Some((udp, tcp))
+            })
+            .unwrap();
         let addr = udp.local_addr().unwrap();
-        let tcp = TcpListener::bind(addr).unwrap();
         let udp_queries = Arc::new(AtomicUsize::new(0));
         let tcp_queries = Arc::new(AtomicUsize::new(0));
         {
@@ -334,4 +367,37 @@ pub fn can_send(addr: &str) -> bool {
 
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
+}
+
+/// A cgroup v2 directory of the test's own, removed on drop.
+pub struct Cgroup {
+    pub path: std::path::PathBuf,
+}
+
+impl Cgroup {
+    /// Creates one under the cgroup v2 mount, or None without cgroup v2.
+    pub fn new(tag: &str) -> Option<Self> {
+        let mi = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        let mount = mi.lines().find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            (post.split_whitespace().next()? == "cgroup2")
+                .then(|| pre.split_whitespace().nth(4).map(String::from))?
+        })?;
+        let path = std::path::PathBuf::from(mount)
+            .join(format!("egress-test-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&path).ok()?;
+        Some(Self { path })
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        // Processes must be gone first; retry briefly.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.path).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
