@@ -254,6 +254,7 @@ fn policy_file_survives_restart_and_bad_env_rules_are_fatal() {
     let _ = std::fs::remove_dir_all(&dir);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_egress"))
         .env("OPENSANDBOX_EGRESS_RULES", r#"{"defaultAction":"nope"}"#)
+        .env("OPENSANDBOX_EGRESS_REDIRECT", "off")
         .env("OPENSANDBOX_EGRESS_HTTP_ADDR", "127.0.0.1:0")
         .env("OPENSANDBOX_EGRESS_DNS_ADDR", "127.0.0.1:0")
         .output()
