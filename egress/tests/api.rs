@@ -8,7 +8,7 @@ use serde_json::json;
 
 #[test]
 fn default_policy_is_deny_all_with_empty_egress() {
-    let e = Egress::start(&[]);
+    let e = egress(&[]);
     let (s, v) = e.json("GET", "/policy", None);
     assert_eq!(s, 200);
     assert_eq!(
@@ -22,7 +22,7 @@ fn default_policy_is_deny_all_with_empty_egress() {
 
 #[test]
 fn initial_rules_from_env_and_replace() {
-    let e = Egress::start(&[
+    let e = egress(&[
         (
             "OPENSANDBOX_EGRESS_RULES",
             r#"{"defaultAction":"deny","egress":[{"action":"allow","target":"pypi.org"}]}"#,
@@ -51,7 +51,7 @@ fn initial_rules_from_env_and_replace() {
 
 #[test]
 fn patch_merges_first_wins_and_delete_removes() {
-    let e = Egress::start(&[]);
+    let e = egress(&[]);
     let base = r#"{"defaultAction":"deny","egress":[{"action":"allow","target":"a.com"},{"action":"allow","target":"b.com"}]}"#;
     assert_eq!(e.json("POST", "/policy", Some(base)).0, 200);
     let patch = r#"[{"action":"deny","target":"B.com"},{"action":"allow","target":"b.com"},{"action":"allow","target":"*.c.com"}]"#;
@@ -79,7 +79,7 @@ fn patch_merges_first_wins_and_delete_removes() {
 
 #[test]
 fn bad_input_is_refused_and_changes_nothing() {
-    let e = Egress::start(&[("OPENSANDBOX_EGRESS_MAX_RULES", "100")]);
+    let e = egress(&[("OPENSANDBOX_EGRESS_MAX_RULES", "100")]);
     let good = r#"{"defaultAction":"deny","egress":[{"action":"allow","target":"keep.me"}]}"#;
     assert_eq!(e.json("POST", "/policy", Some(good)).0, 200);
     let before = e.json("GET", "/policy", None).1;
@@ -163,7 +163,7 @@ fn bad_input_is_refused_and_changes_nothing() {
 
 #[test]
 fn hundred_thousand_rules_apply_atomically() {
-    let e = Egress::start(&[("OPENSANDBOX_EGRESS_MAX_RULES", "0")]);
+    let e = egress(&[("OPENSANDBOX_EGRESS_MAX_RULES", "0")]);
     let rules: Vec<_> = (0..100_000)
         .map(|i| json!({"action":"allow","target":format!("h{i}.example")}))
         .collect();
@@ -176,7 +176,7 @@ fn hundred_thousand_rules_apply_atomically() {
 
 #[test]
 fn auth_token_guards_everything_but_healthz() {
-    let mut e = Egress::start(&[("OPENSANDBOX_EGRESS_TOKEN", "sekret")]);
+    let mut e = egress(&[("OPENSANDBOX_EGRESS_TOKEN", "sekret")]);
     let token = e.token.take();
     assert_error(&e.json("GET", "/policy", None), 401, "UNAUTHORIZED");
     assert_error(&e.json("GET", "/events", None), 401, "UNAUTHORIZED");
@@ -189,7 +189,7 @@ fn auth_token_guards_everything_but_healthz() {
 
 #[test]
 fn explain_says_which_rule_decides() {
-    let e = Egress::start(&[(
+    let e = egress(&[(
         "OPENSANDBOX_EGRESS_RULES",
         r#"{"defaultAction":"deny","egress":[{"action":"allow","target":"*.example.com"},{"action":"deny","target":"api.example.com"},{"action":"deny","target":"10.1.0.0/16"},{"action":"allow","target":"10.0.0.0/8"}]}"#,
     )]);
@@ -230,7 +230,7 @@ fn policy_file_survives_restart_and_bad_env_rules_are_fatal() {
     let file = dir.join("policy.json");
     let file_s = file.to_str().unwrap().to_string();
     {
-        let e = Egress::start(&[("OPENSANDBOX_EGRESS_POLICY_FILE", &file_s)]);
+        let e = egress(&[("OPENSANDBOX_EGRESS_POLICY_FILE", &file_s)]);
         assert_eq!(
             e.json(
                 "PATCH",
@@ -241,7 +241,7 @@ fn policy_file_survives_restart_and_bad_env_rules_are_fatal() {
             200
         );
     }
-    let e = Egress::start(&[
+    let e = egress(&[
         ("OPENSANDBOX_EGRESS_POLICY_FILE", &file_s),
         ("OPENSANDBOX_EGRESS_RULES", r#"{"defaultAction":"allow"}"#),
     ]);

@@ -24,7 +24,7 @@ fn world() -> FakeResolver {
 
 fn start(world: &FakeResolver, rules: &str) -> Egress {
     let upstream = world.addr.to_string();
-    Egress::start(&[
+    egress(&[
         ("OPENSANDBOX_EGRESS_DNS_UPSTREAM", &upstream),
         ("OPENSANDBOX_EGRESS_RULES", rules),
     ])
@@ -155,7 +155,7 @@ fn dead_upstream_gives_servfail_then_next_upstream() {
         .local_addr()
         .unwrap();
     let list = format!("{dead},{}", w.addr);
-    let e = Egress::start(&[
+    let e = egress(&[
         ("OPENSANDBOX_EGRESS_DNS_UPSTREAM", &list),
         ("OPENSANDBOX_EGRESS_RULES", r#"{"defaultAction":"allow"}"#),
     ]);
@@ -164,7 +164,7 @@ fn dead_upstream_gives_servfail_then_next_upstream() {
         [Ipv4Addr::new(10, 0, 0, 1)]
     );
     let only_dead = dead.to_string();
-    let e = Egress::start(&[
+    let e = egress(&[
         ("OPENSANDBOX_EGRESS_DNS_UPSTREAM", &only_dead),
         ("OPENSANDBOX_EGRESS_RULES", r#"{"defaultAction":"allow"}"#),
     ]);
@@ -197,7 +197,7 @@ fn garbage_gets_formerr_and_the_proxy_goes_on() {
 fn a_flood_of_lookups_loses_no_answer() {
     let w = world();
     let upstream = w.addr.to_string();
-    let e = Egress::start(&[
+    let e = egress(&[
         ("OPENSANDBOX_EGRESS_DNS_UPSTREAM", &upstream),
         (
             "OPENSANDBOX_EGRESS_RULES",

@@ -36,7 +36,7 @@ fn world() -> FakeResolver {
 
 fn start(w: &FakeResolver, rules: &str) -> Egress {
     let upstream = w.addr.to_string();
-    Egress::start(&[
+    egress(&[
         ("OPENSANDBOX_EGRESS_MODE", "dns+nft"),
         ("OPENSANDBOX_EGRESS_DNS_UPSTREAM", &upstream),
         ("OPENSANDBOX_EGRESS_RULES", rules),
@@ -166,14 +166,14 @@ fn all_dns_goes_through_the_proxy_and_marks_do_not_escape() {
             ],
             Some("127.0.0.1:53".parse().unwrap()),
         );
-        let e = Egress::start_in(
+        let e = egress_in(
             &[
                 ("OPENSANDBOX_EGRESS_MODE", "dns+nft"),
                 ("OPENSANDBOX_EGRESS_REDIRECT", "on"),
                 ("OPENSANDBOX_EGRESS_DNS_UPSTREAM", "127.0.0.1:53"),
                 ("OPENSANDBOX_EGRESS_RULES", r#"{"defaultAction":"deny","egress":[{"action":"allow","target":"allowed.test"}]}"#),
             ],
-            Some(&cg.path),
+            &cg.path,
         );
         // Any resolver address: the answer comes from the proxy.
         let m = query_with_mark("198.51.100.1:53", "allowed.test.", 0).expect("redirected answer");

@@ -126,6 +126,14 @@ impl Exprs {
         })
     }
 
+    /// Puts the packet's connection in conntrack zone `zone`.
+    pub fn ct_zone(&mut self, zone: u16) -> &mut Self {
+        self.load(&zone.to_ne_bytes());
+        self.expr("ct", |d| {
+            d.u32(2, 17).u32(4, REG1); // NFTA_CT_KEY = NFT_CT_ZONE, NFTA_CT_SREG
+        })
+    }
+
     /// `NFT_RETURN`: leave this chain.
     pub fn ret(&mut self) -> &mut Self {
         self.expr("immediate", |d| {

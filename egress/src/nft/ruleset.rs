@@ -332,10 +332,92 @@ pub fn full(policy: &Policy, opts: &Options, seq: u32) -> Encoded {
     done(b)
 }
 
+/// Conntrack zone of egress's own connections.
+pub const OWN_ZONE: u16 = 0x5e9;
+
+fn base_chain(b: &mut Batch, name: &str, hook: u32, priority: i32, kind: &str) {
+    let mut c = Attrs::default();
+    c.str(attr::CHAIN_TABLE, TABLE)
+        .str(attr::CHAIN_NAME, name)
+        .nest(attr::CHAIN_HOOK, |h| {
+            h.u32(attr::HOOK_HOOKNUM, hook)
+                .i32(attr::HOOK_PRIORITY, priority);
+        })
+        .u32(attr::CHAIN_POLICY, 1)
+        .str(attr::CHAIN_TYPE, kind);
+    b.add(
+        msg::NEWCHAIN,
+        NLM_F_CREATE,
+        family::INET,
+        &c,
+        format!("chain {name}"),
+    );
+}
+
+/// egress's own connections (both directions) live in their own conntrack
+/// zone, so that no connection of the sandbox can ever share (and so
+/// inherit the NAT decision of) one of egress's: without this, a query sent
+/// from a source port that egress had just used to reach the resolver
+/// matched egress's un-redirected conntrack entry and reached the resolver
+/// directly (found by the flood test in netns-tests).
+///
+/// Only egress's queries to resolvers (to port 53 out, from port 53 in) are
+/// zoned: the proxy's own answers to the sandbox belong to the sandbox's
+/// (redirected) connections and must stay in their zone.
+fn zone_chains(b: &mut Batch, level: u32, id: u64) {
+    // (chain, hook, port offset): output matches the destination port,
+    // prerouting the source port.
+    for (name, hook, offset) in [("own_zone_out", 3, 2), ("own_zone_in", 0, 0)] {
+        base_chain(b, name, hook, -300, "filter"); // before conntrack (-200)
+        for proto in [17u8, 6u8] {
+            add_rule_to(
+                b,
+                name,
+                "egress's DNS to resolvers: own conntrack zone",
+                |x| {
+                    x.meta(MetaKey::L4Proto)
+                        .cmp(true, &[proto])
+                        .payload(Base::Transport, offset, 2)
+                        .cmp(true, &53u16.to_be_bytes())
+                        .socket_cgroup(level)
+                        .cmp(true, &id.to_ne_bytes())
+                        .ct_zone(OWN_ZONE);
+                },
+            );
+        }
+    }
+}
+
+/// After the redirect, a packet of the sandbox still addressed to port 53 is
+/// trying to get around the proxy: it is dropped (in both modes).
+fn dns_guard(b: &mut Batch, opts: &Options) {
+    base_chain(b, "dns_guard", 3, 10, "filter");
+    if let Some((level, id)) = opts.own_cgroup {
+        add_rule_to(b, "dns_guard", "egress's own cgroup accept", |x| {
+            x.socket_cgroup(level)
+                .cmp(true, &id.to_ne_bytes())
+                .verdict(Verdict::Accept);
+        });
+    }
+    for (proto, name) in [(17u8, "udp"), (6u8, "tcp")] {
+        add_rule_to(b, "dns_guard", &format!("{name} dport 53 drop"), |x| {
+            x.meta(MetaKey::L4Proto)
+                .cmp(true, &[proto])
+                .payload(Base::Transport, 2, 2)
+                .cmp(true, &53u16.to_be_bytes())
+                .verdict(Verdict::Drop);
+        });
+    }
+}
+
 /// `type nat hook output priority -100`: every DNS query (UDP and TCP port
 /// 53, any destination, both families) goes to the local proxy, except
 /// egress's own.
 fn redirect_chain(b: &mut Batch, opts: &Options, port: u16) {
+    if let Some((level, id)) = opts.own_cgroup {
+        zone_chains(b, level, id);
+    }
+    dns_guard(b, opts);
     let mut c = Attrs::default();
     c.str(attr::CHAIN_TABLE, TABLE)
         .str(attr::CHAIN_NAME, REDIRECT_CHAIN)

@@ -1,0 +1,284 @@
+//! egress enforcing for real: a sandbox namespace (egress in its own cgroup,
+//! a client) and a world namespace (a resolver, TCP servers), joined by a
+//! veth pair. The client resolves through the sandbox's resolver address as
+//! any program would; DNS is redirected to egress; connections are then let
+//! out or dropped by nftables.
+#![allow(clippy::unwrap_used)]
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+use netns_tests::*;
+
+const A: Ipv4Addr = SERVERS[0];
+const B: Ipv4Addr = SERVERS[1];
+const C: Ipv4Addr = SERVERS[2];
+
+fn zone() -> Vec<(&'static str, Vec<Ipv4Addr>)> {
+    vec![
+        ("allowed.test", vec![A]),
+        ("denied.test", vec![B]),
+        ("api.wild.test", vec![C]),
+        ("deep.api.wild.test", vec![A]),
+        ("wild.test", vec![B]),
+        ("short.test", vec![C]),
+    ]
+}
+
+fn skip(test: &str) -> bool {
+    if is_root() {
+        return false;
+    }
+    eprintln!(
+        "SKIPPED {test}: needs root for network namespaces, cgroups and nftables (CI runs as root)"
+    );
+    true
+}
+
+/// Runs `f` in the sandbox with egress started on `rules`.
+fn scenario(tag: &str, rules: &str, f: impl FnOnce(&Egress) + Send + 'static) {
+    let topo = Topology::new(tag, &zone());
+    let cg = Cgroup::new(tag).expect("cgroup v2");
+    let rules = rules.to_string();
+    std::thread::spawn(move || {
+        topo.enter_sandbox();
+        let e = start(&cg, &rules);
+        f(&e);
+        drop(e);
+        drop(cg);
+        drop(topo);
+    })
+    .join()
+    .unwrap();
+}
+
+fn start(cg: &Cgroup, rules: &str) -> Egress {
+    Egress::start_in(
+        &egress_bin(),
+        &[
+            ("OPENSANDBOX_EGRESS_MODE", "dns+nft"),
+            ("OPENSANDBOX_EGRESS_REDIRECT", "on"),
+            ("OPENSANDBOX_EGRESS_DNS_UPSTREAM", WORLD_DNS),
+            ("OPENSANDBOX_EGRESS_RULES", rules),
+        ],
+        Some(&cg.path),
+    )
+}
+
+/// Resolves `name` the way a program in the sandbox would: by asking the
+/// configured resolver.
+fn resolve(name: &str) -> (ResponseCode, Vec<Ipv4Addr>) {
+    let m = dns_udp(WORLD_DNS.parse().unwrap(), name, RecordType::A);
+    (rcode(&m), addrs(&m))
+}
+
+fn hello(ip: Ipv4Addr) -> String {
+    format!("hello from {ip}\n")
+}
+
+#[test]
+fn allowed_connects_denied_is_refused_and_unreachable() {
+    if skip("allowed_connects_denied_is_refused_and_unreachable") {
+        return;
+    }
+    scenario(
+        "basic",
+        r#"{"defaultAction":"deny","egress":[{"action":"allow","target":"allowed.test"}]}"#,
+        |_| {
+            assert_eq!(fetch(A), None, "nothing before a lookup");
+            assert_eq!(resolve("allowed.test."), (ResponseCode::NoError, vec![A]));
+            assert_eq!(
+                fetch(A),
+                Some(hello(A)),
+                "the first connect after the answer works"
+            );
+            assert_eq!(resolve("denied.test.").0, ResponseCode::NXDomain);
+            assert_eq!(
+                fetch(B),
+                None,
+                "a denied name's address is unreachable when dialled directly"
+            );
+            assert_eq!(fetch(C), None);
+            // A connected socket (as the C library's resolver uses) only takes
+            // answers from the address it asked: the redirect must be undone on
+            // the way back.
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.connect(WORLD_DNS).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            s.send(&query("allowed.test.", RecordType::A)).unwrap();
+            let mut buf = [0u8; 512];
+            let n = s.recv(&mut buf).expect("answer to a connected socket");
+            assert_eq!(
+                addrs(&hickory_proto::op::Message::from_vec(&buf[..n]).unwrap()),
+                [A]
+            );
+        },
+    );
+}
+
+#[test]
+fn wildcards_and_cidrs() {
+    if skip("wildcards_and_cidrs") {
+        return;
+    }
+    let rules = r#"{"defaultAction":"deny","egress":[
+        {"action":"allow","target":"*.wild.test"},
+        {"action":"allow","target":"198.51.100.12/32"}]}"#;
+    scenario("wild", rules, |_| {
+        assert_eq!(fetch(C), Some(hello(C)), "CIDR rule, no lookup needed");
+        assert_eq!(
+            resolve("deep.api.wild.test."),
+            (ResponseCode::NoError, vec![A])
+        );
+        assert_eq!(fetch(A), Some(hello(A)));
+        assert_eq!(
+            resolve("wild.test.").0,
+            ResponseCode::NXDomain,
+            "the apex is not covered"
+        );
+        assert_eq!(fetch(B), None);
+    });
+}
+
+#[test]
+fn default_allow_with_deny_rules() {
+    if skip("default_allow_with_deny_rules") {
+        return;
+    }
+    let rules = r#"{"defaultAction":"allow","egress":[
+        {"action":"deny","target":"denied.test"},
+        {"action":"deny","target":"198.51.100.12"}]}"#;
+    scenario("allow", rules, |_| {
+        assert_eq!(fetch(A), Some(hello(A)));
+        assert_eq!(resolve("denied.test.").0, ResponseCode::NXDomain);
+        assert_eq!(fetch(C), None, "a denied address is dropped");
+        assert_eq!(resolve("allowed.test."), (ResponseCode::NoError, vec![A]));
+    });
+}
+
+#[test]
+fn patch_and_delete_take_effect_at_once() {
+    if skip("patch_and_delete_take_effect_at_once") {
+        return;
+    }
+    scenario("change", r#"{"defaultAction":"deny"}"#, |e| {
+        assert_eq!(resolve("allowed.test.").0, ResponseCode::NXDomain);
+        assert_eq!(e.json("PATCH", "/policy", Some(r#"[{"action":"allow","target":"allowed.test"},{"action":"allow","target":"198.51.100.11"}]"#)).0, 200);
+        assert_eq!(
+            fetch(B),
+            Some(hello(B)),
+            "an added address rule applies to the next connection"
+        );
+        assert_eq!(resolve("allowed.test."), (ResponseCode::NoError, vec![A]));
+        assert_eq!(fetch(A), Some(hello(A)));
+        assert_eq!(
+            e.json(
+                "DELETE",
+                "/policy",
+                Some(r#"["allowed.test","198.51.100.11"]"#)
+            )
+            .0,
+            200
+        );
+        assert_eq!(fetch(A), None, "its learned address goes with the name");
+        assert_eq!(fetch(B), None);
+        assert_eq!(resolve("allowed.test.").0, ResponseCode::NXDomain);
+    });
+}
+
+#[test]
+fn ttl_expiry_and_dns_over_tcp() {
+    if skip("ttl_expiry_and_dns_over_tcp") {
+        return;
+    }
+    scenario(
+        "ttl",
+        r#"{"defaultAction":"deny","egress":[{"action":"allow","target":"short.test"},{"action":"allow","target":"allowed.test"}]}"#,
+        |_| {
+            assert_eq!(resolve("short.test."), (ResponseCode::NoError, vec![C]));
+            assert_eq!(fetch(C), Some(hello(C)));
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while fetch(C).is_some() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            assert_eq!(fetch(C), None, "closed again after the answer's 1 s TTL");
+            let m = dns_tcp(WORLD_DNS.parse().unwrap(), "allowed.test.", RecordType::A);
+            assert_eq!(addrs(&m), [A], "DNS over TCP is redirected and answered");
+            assert_eq!(fetch(A), Some(hello(A)));
+            let m = dns_tcp(WORLD_DNS.parse().unwrap(), "denied.test.", RecordType::A);
+            assert_eq!(rcode(&m), ResponseCode::NXDomain);
+        },
+    );
+}
+
+#[test]
+fn restart_keeps_enforcement() {
+    if skip("restart_keeps_enforcement") {
+        return;
+    }
+    let topo = Topology::new("restart", &zone());
+    let cg = Cgroup::new("restart").unwrap();
+    std::thread::spawn(move || {
+        topo.enter_sandbox();
+        let rules =
+            r#"{"defaultAction":"deny","egress":[{"action":"allow","target":"allowed.test"}]}"#;
+        let e = start(&cg, rules);
+        assert_eq!(fetch(A), None);
+        drop(e); // killed: no cleanup
+        assert_eq!(fetch(A), None, "still closed while egress is down");
+        assert_eq!(fetch(B), None);
+        let e = start(&cg, rules);
+        assert_eq!(resolve("allowed.test."), (ResponseCode::NoError, vec![A]));
+        assert_eq!(fetch(A), Some(hello(A)));
+        assert_eq!(fetch(B), None);
+        drop(e);
+        drop(cg);
+        drop(topo);
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn a_flood_of_lookups_loses_no_answer() {
+    if skip("a_flood_of_lookups_loses_no_answer") {
+        return;
+    }
+    scenario(
+        "flood",
+        r#"{"defaultAction":"deny","egress":[{"action":"allow","target":"allowed.test"}]}"#,
+        |_| {
+            let sandbox_threads: Vec<_> = (0..4)
+                .map(|t| {
+                    // Threads inherit the creating thread's namespace.
+                    std::thread::spawn(move || {
+                        let mut bad = Vec::new();
+                        let ok = (0..200)
+                            .filter(|i| {
+                                let (name, want) = if (i + t) % 2 == 0 {
+                                    ("allowed.test.", (ResponseCode::NoError, vec![A]))
+                                } else {
+                                    ("denied.test.", (ResponseCode::NXDomain, vec![]))
+                                };
+                                let got = resolve(name);
+                                if got != want {
+                                    bad.push(format!("{name}: {got:?}"));
+                                }
+                                got == want
+                            })
+                            .count();
+                        if !bad.is_empty() {
+                            eprintln!("wrong answers: {bad:?}");
+                        }
+                        ok
+                    })
+                })
+                .collect();
+            let ok: usize = sandbox_threads.into_iter().map(|t| t.join().unwrap()).sum();
+            assert_eq!(ok, 800);
+            assert_eq!(fetch(A), Some(hello(A)));
+        },
+    );
+}
