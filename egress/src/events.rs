@@ -66,6 +66,19 @@ impl Events {
         });
     }
 
+    /// Records a dropped connection attempt.
+    pub fn connect_refused(&self, ip: std::net::IpAddr, port: Option<u16>, rule: String) {
+        tracing::info!(event = "egress.denied", kind = "connect", %ip, port, rule = %rule, "connection refused");
+        self.push(Event {
+            timestamp: now_ms(),
+            kind: "connect",
+            domain: None,
+            ip: Some(ip.to_string()),
+            port,
+            rule,
+        });
+    }
+
     fn push(&self, e: Event) {
         let mut g = self
             .inner

@@ -53,6 +53,7 @@ fn run() -> anyhow::Result<()> {
                     redirect_port: cfg.redirect.then_some(cfg.dns_addr.port()),
                     extra_allow,
                     own_cgroup,
+                    log_group: filter.then_some(egress::nft::nflog::GROUP),
                 })
                 .context("open nftables netlink")?,
             )
@@ -67,6 +68,22 @@ fn run() -> anyhow::Result<()> {
             .serve(cfg.dns_addr)
             .await
             .with_context(|| format!("dns proxy on {}", cfg.dns_addr))?;
+        if filter {
+            // Refused connections become events (before the rules exist, so none is missed).
+            let st = state.clone();
+            if let Err(e) = egress::nft::nflog::listen(move |r| {
+                let rule = match r.prefix.as_str() {
+                    "deny" => st.matcher().decide_ip(r.ip).target.unwrap_or_else(|| "deny".into()),
+                    "default" => "defaultAction".into(),
+                    "dot" => "DNS over TLS (port 853)".into(),
+                    "dns_guard" => "DNS around the proxy".into(),
+                    other => other.into(),
+                };
+                st.events.connect_refused(r.ip, r.port, rule);
+            }) {
+                tracing::warn!(error = %e, "refused connections will not be reported as events");
+            }
+        }
         state.enforce().context("apply the initial policy")?;
         let listener = tokio::net::TcpListener::bind(cfg.http_addr)
             .await

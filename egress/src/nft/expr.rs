@@ -145,6 +145,13 @@ impl Exprs {
         })
     }
 
+    /// Sends the packet's headers to nflog `group` with `prefix`.
+    pub fn log(&mut self, group: u16, prefix: &str) -> &mut Self {
+        self.expr("log", |d| {
+            d.bytes(1, &group.to_be_bytes()).str(2, prefix).u32(3, 64); // group, prefix, snaplen
+        })
+    }
+
     /// Ends the rule with a verdict.
     pub fn verdict(&mut self, v: Verdict) -> &mut Self {
         self.expr("immediate", |d| {

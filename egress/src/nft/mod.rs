@@ -6,6 +6,7 @@
 
 pub mod cgroup;
 pub mod expr;
+pub mod nflog;
 pub mod ruleset;
 pub mod socket;
 pub mod wire;

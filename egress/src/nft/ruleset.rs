@@ -179,6 +179,8 @@ pub struct Options {
     /// sandbox cannot forge, unlike a packet mark (upstream's exemption,
     /// which any process with CAP_NET_RAW or CAP_NET_ADMIN can set).
     pub own_cgroup: Option<(u32, u64)>,
+    /// nflog group the drop rules log refused packets to.
+    pub log_group: Option<u16>,
 }
 
 /// Name of the DNS redirect chain.
@@ -272,8 +274,8 @@ fn chain_and_rules(b: &mut Batch, policy: &Policy, opts: &Options, flush: bool) 
             x.meta(MetaKey::L4Proto)
                 .cmp(true, &[proto])
                 .payload(Base::Transport, 2, 2)
-                .cmp(true, &853u16.to_be_bytes())
-                .verdict(Verdict::Drop);
+                .cmp(true, &853u16.to_be_bytes());
+            logged(x, opts, "dot").verdict(Verdict::Drop);
         });
     }
     for (set, verdict) in [
@@ -289,11 +291,28 @@ fn chain_and_rules(b: &mut Batch, policy: &Policy, opts: &Options, flush: bool) 
                 x.meta(MetaKey::NfProto)
                     .cmp(true, &[nfproto])
                     .payload(Base::Network, offset, len)
-                    .lookup(&name)
-                    .verdict(verdict);
+                    .lookup(&name);
+                if verdict == Verdict::Drop {
+                    logged(x, opts, "deny");
+                }
+                x.verdict(verdict);
             });
         }
     }
+    if policy.default_action == Action::Deny && opts.log_group.is_some() {
+        // What reaches the end of the chain is dropped by its policy.
+        add_rule(b, "log default", |x| {
+            logged(x, opts, "default");
+        });
+    }
+}
+
+/// Adds the nflog statement when refusals are logged.
+fn logged<'a>(x: &'a mut Exprs, opts: &Options, prefix: &str) -> &'a mut Exprs {
+    if let Some(g) = opts.log_group {
+        x.log(g, prefix);
+    }
+    x
 }
 
 /// A batch and what each of its messages does.
@@ -404,8 +423,8 @@ fn dns_guard(b: &mut Batch, opts: &Options) {
             x.meta(MetaKey::L4Proto)
                 .cmp(true, &[proto])
                 .payload(Base::Transport, 2, 2)
-                .cmp(true, &53u16.to_be_bytes())
-                .verdict(Verdict::Drop);
+                .cmp(true, &53u16.to_be_bytes());
+            logged(x, opts, "dns_guard").verdict(Verdict::Drop);
         });
     }
 }

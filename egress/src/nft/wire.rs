@@ -146,6 +146,23 @@ impl Attrs {
     }
 }
 
+/// One netfilter netlink message (outside a batch): `nlmsghdr`, `nfgenmsg`
+/// (with `res_id` big-endian) and attributes.
+pub fn message(ty: u16, flags: u16, fam: u8, res_id: u16, seq: u32, attrs: &Attrs) -> Vec<u8> {
+    let len = u32::try_from(20 + attrs.as_slice().len()).expect("message under 4 GiB");
+    let mut buf = Vec::with_capacity(len as usize);
+    buf.extend_from_slice(&len.to_ne_bytes());
+    buf.extend_from_slice(&ty.to_ne_bytes());
+    buf.extend_from_slice(&flags.to_ne_bytes());
+    buf.extend_from_slice(&seq.to_ne_bytes());
+    buf.extend_from_slice(&0u32.to_ne_bytes());
+    buf.push(fam);
+    buf.push(0);
+    buf.extend_from_slice(&res_id.to_be_bytes());
+    buf.extend_from_slice(attrs.as_slice());
+    buf
+}
+
 /// A batch of nf_tables messages, applied by the kernel as one transaction.
 #[derive(Debug)]
 pub struct Batch {
