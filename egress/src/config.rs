@@ -73,6 +73,11 @@ pub struct Config {
     /// namespace's DNS to the proxy; `off` when something else does (or in
     /// tests that must not touch the host's network namespace).
     pub redirect: bool,
+    /// `OPENSANDBOX_EGRESS_BLOCK_DOH_443` (truthy: 1, true, yes, y, on): drop port 443
+    /// (TCP and UDP/QUIC), to `doh_blocklist` if given, else everywhere.
+    pub block_doh_443: bool,
+    /// `OPENSANDBOX_EGRESS_DOH_BLOCKLIST`: IPs and CIDRs of DoH resolvers.
+    pub doh_blocklist: Vec<(IpAddr, u8)>,
 }
 
 /// A configuration error.
@@ -196,6 +201,30 @@ impl Config {
             )?,
             resolv_conf: get("OPENSANDBOX_EGRESS_RESOLV_CONF")
                 .map_or_else(|| PathBuf::from("/etc/resolv.conf"), PathBuf::from),
+            block_doh_443: matches!(
+                get("OPENSANDBOX_EGRESS_BLOCK_DOH_443")
+                    .map(|v| v.to_ascii_lowercase())
+                    .as_deref(),
+                Some("1" | "true" | "yes" | "y" | "on")
+            ),
+            doh_blocklist: match get("OPENSANDBOX_EGRESS_DOH_BLOCKLIST") {
+                None => Vec::new(),
+                Some(list) => list
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|item| match crate::policy::parse_target(item) {
+                        Ok(crate::policy::Target::Ip(ip)) => {
+                            Ok((ip, if ip.is_ipv4() { 32 } else { 128 }))
+                        }
+                        Ok(crate::policy::Target::Cidr(ip, len)) => Ok((ip, len)),
+                        _ => Err(err(
+                            "OPENSANDBOX_EGRESS_DOH_BLOCKLIST",
+                            format!("{item:?} is not an IP or CIDR"),
+                        )),
+                    })
+                    .collect::<Result<_, _>>()?,
+            },
             redirect: !matches!(
                 get("OPENSANDBOX_EGRESS_REDIRECT")
                     .map(|v| v.to_ascii_lowercase())
@@ -283,6 +312,25 @@ mod tests {
         );
         assert_eq!(c.dns_upstream_timeout, Duration::from_secs(120));
         assert_eq!(c.max_rules, 0);
+    }
+
+    #[test]
+    fn doh_settings() {
+        let c = parse(&[
+            ("OPENSANDBOX_EGRESS_BLOCK_DOH_443", "Yes"),
+            ("OPENSANDBOX_EGRESS_DOH_BLOCKLIST", "1.1.1.1, 8.8.0.0/16"),
+        ])
+        .unwrap();
+        assert!(c.block_doh_443);
+        assert_eq!(
+            c.doh_blocklist,
+            vec![
+                ("1.1.1.1".parse().unwrap(), 32),
+                ("8.8.0.0".parse().unwrap(), 16)
+            ]
+        );
+        assert!(!parse(&[]).unwrap().block_doh_443);
+        assert!(parse(&[("OPENSANDBOX_EGRESS_DOH_BLOCKLIST", "dns.google")]).is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use egress::api::Api;
 use egress::config::{Config, Mode};
 use egress::dns::Proxy;
-use egress::nft::ruleset::Options;
+use egress::nft::ruleset::{DohBlock, Options};
 use egress::nft::{Firewall, Nft, NoFirewall};
 use egress::state::{initial_policy, State};
 use tracing::level_filters::LevelFilter;
@@ -54,6 +54,11 @@ fn run() -> anyhow::Result<()> {
                     extra_allow,
                     own_cgroup,
                     log_group: filter.then_some(egress::nft::nflog::GROUP),
+                    doh: match (cfg.block_doh_443, cfg.doh_blocklist.is_empty()) {
+                        (false, _) => DohBlock::Off,
+                        (true, true) => DohBlock::All,
+                        (true, false) => DohBlock::Listed(cfg.doh_blocklist.clone()),
+                    },
                 })
                 .context("open nftables netlink")?,
             )
@@ -77,6 +82,7 @@ fn run() -> anyhow::Result<()> {
                     "default" => "defaultAction".into(),
                     "dot" => "DNS over TLS (port 853)".into(),
                     "dns_guard" => "DNS around the proxy".into(),
+                    "doh" => "port 443 blocked against DNS over HTTPS".into(),
                     other => other.into(),
                 };
                 st.events.connect_refused(r.ip, r.port, rule);

@@ -206,3 +206,49 @@ fn all_dns_goes_through_the_proxy_and_marks_do_not_escape() {
     .join()
     .unwrap();
 }
+
+#[test]
+fn doh_and_quic_on_443_can_be_blocked() {
+    if skip("doh_and_quic_on_443_can_be_blocked") {
+        return;
+    }
+    let ns = Netns::new("doh");
+    std::thread::spawn(move || {
+        ns.enter();
+        let w = world();
+        let upstream = w.addr.to_string();
+        let allow_all = r#"{"defaultAction":"allow"}"#;
+        let e = egress(&[
+            ("OPENSANDBOX_EGRESS_MODE", "dns+nft"),
+            ("OPENSANDBOX_EGRESS_DNS_UPSTREAM", &upstream),
+            ("OPENSANDBOX_EGRESS_RULES", allow_all),
+            ("OPENSANDBOX_EGRESS_BLOCK_DOH_443", "true"),
+            (
+                "OPENSANDBOX_EGRESS_DOH_BLOCKLIST",
+                "10.9.0.0/16,10.10.10.10",
+            ),
+        ]);
+        assert!(
+            !can_send("10.9.1.1:443"),
+            "QUIC (UDP 443) to a listed resolver"
+        );
+        assert!(!can_send("10.10.10.10:443"));
+        assert!(can_send("10.9.1.1:80"), "other ports stay open");
+        assert!(can_send("10.8.1.1:443"), "unlisted addresses stay open");
+        drop(e);
+        let e = egress(&[
+            ("OPENSANDBOX_EGRESS_MODE", "dns+nft"),
+            ("OPENSANDBOX_EGRESS_DNS_UPSTREAM", &upstream),
+            ("OPENSANDBOX_EGRESS_RULES", allow_all),
+            ("OPENSANDBOX_EGRESS_BLOCK_DOH_443", "1"),
+        ]);
+        assert!(
+            !can_send("10.8.1.1:443"),
+            "without a list, all of port 443 (as upstream)"
+        );
+        assert!(can_send("10.8.1.1:80"));
+        drop(e);
+    })
+    .join()
+    .unwrap();
+}

@@ -181,6 +181,21 @@ pub struct Options {
     pub own_cgroup: Option<(u32, u64)>,
     /// nflog group the drop rules log refused packets to.
     pub log_group: Option<u16>,
+    /// Port 443 blocking against DNS over HTTPS (upstream's
+    /// `OPENSANDBOX_EGRESS_BLOCK_DOH_443`), over TCP and UDP (QUIC).
+    pub doh: DohBlock,
+}
+
+/// What port 443 traffic is dropped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum DohBlock {
+    /// None.
+    #[default]
+    Off,
+    /// All of it (upstream's behaviour without a blocklist).
+    All,
+    /// To these networks (address, prefix length).
+    Listed(Vec<(IpAddr, u8)>),
 }
 
 /// Name of the DNS redirect chain.
@@ -216,6 +231,54 @@ fn table_attrs() -> Attrs {
     let mut t = Attrs::default();
     t.str(attr::TABLE_NAME, TABLE);
     t
+}
+
+fn doh_sets(b: &mut Batch, opts: &Options) {
+    let DohBlock::Listed(nets) = &opts.doh else {
+        return;
+    };
+    for (id, (name, v4)) in (20..).zip([("doh_block_v4", true), ("doh_block_v6", false)]) {
+        add_set(b, name, id, v4, set_flags::INTERVAL, None);
+        let bits = if v4 { 32 } else { 128 };
+        let mine = nets
+            .iter()
+            .filter(|(ip, _)| ip.is_ipv4() == v4)
+            .map(|(ip, len)| (addr_bits(*ip).0, *len));
+        add_intervals(b, name, &ranges(mine, bits), bits);
+    }
+}
+
+fn doh_rules(b: &mut Batch, opts: &Options) {
+    for (proto, pname) in [(6u8, "tcp"), (17u8, "udp")] {
+        match &opts.doh {
+            DohBlock::Off => {}
+            DohBlock::All => add_rule(b, &format!("{pname} dport 443 drop"), |x| {
+                x.meta(MetaKey::L4Proto)
+                    .cmp(true, &[proto])
+                    .payload(Base::Transport, 2, 2)
+                    .cmp(true, &443u16.to_be_bytes());
+                logged(x, opts, "doh").verdict(Verdict::Drop);
+            }),
+            DohBlock::Listed(_) => {
+                for (nfproto, offset, len, set) in [
+                    (NFPROTO_IPV4, 16, 4, "doh_block_v4"),
+                    (NFPROTO_IPV6, 24, 16, "doh_block_v6"),
+                ] {
+                    add_rule(b, &format!("daddr @{set} {pname} dport 443 drop"), |x| {
+                        x.meta(MetaKey::NfProto)
+                            .cmp(true, &[nfproto])
+                            .payload(Base::Network, offset, len)
+                            .lookup(set)
+                            .meta(MetaKey::L4Proto)
+                            .cmp(true, &[proto])
+                            .payload(Base::Transport, 2, 2)
+                            .cmp(true, &443u16.to_be_bytes());
+                        logged(x, opts, "doh").verdict(Verdict::Drop);
+                    });
+                }
+            }
+        }
+    }
 }
 
 fn static_elements(b: &mut Batch, policy: &Policy, opts: &Options) {
@@ -278,6 +341,7 @@ fn chain_and_rules(b: &mut Batch, policy: &Policy, opts: &Options, flush: bool) 
             logged(x, opts, "dot").verdict(Verdict::Drop);
         });
     }
+    doh_rules(b, opts);
     for (set, verdict) in [
         ("deny", Verdict::Drop),
         ("dyn_allow", Verdict::Accept),
@@ -342,6 +406,7 @@ pub fn full(policy: &Policy, opts: &Options, seq: u32) -> Encoded {
         for (id, (name, v4, flags, timeout)) in (1..).zip(SETS) {
             add_set(&mut b, name, id, v4, flags, timeout);
         }
+        doh_sets(&mut b, opts);
         static_elements(&mut b, policy, opts);
         chain_and_rules(&mut b, policy, opts, false);
     }
