@@ -73,6 +73,12 @@ pub struct Config {
     /// namespace's DNS to the proxy; `off` when something else does (or in
     /// tests that must not touch the host's network namespace).
     pub redirect: bool,
+    /// Directory of `deny.always` / `allow.always` (`OPENSANDBOX_EGRESS_RULES_DIR`,
+    /// extension; default upstream's `/var/egress/rules`).
+    pub rules_dir: PathBuf,
+    /// How often the always files are checked for changes
+    /// (`OPENSANDBOX_EGRESS_RULES_RELOAD_SEC`, extension; default 60).
+    pub rules_reload: Duration,
     /// `OPENSANDBOX_EGRESS_BLOCK_DOH_443` (truthy: 1, true, yes, y, on): drop port 443
     /// (TCP and UDP/QUIC), to `doh_blocklist` if given, else everywhere.
     pub block_doh_443: bool,
@@ -201,6 +207,14 @@ impl Config {
             )?,
             resolv_conf: get("OPENSANDBOX_EGRESS_RESOLV_CONF")
                 .map_or_else(|| PathBuf::from("/etc/resolv.conf"), PathBuf::from),
+            rules_dir: get("OPENSANDBOX_EGRESS_RULES_DIR")
+                .map_or_else(|| PathBuf::from("/var/egress/rules"), PathBuf::from),
+            rules_reload: Duration::from_secs(
+                get("OPENSANDBOX_EGRESS_RULES_RELOAD_SEC")
+                    .and_then(|v| v.parse().ok())
+                    .filter(|n| *n > 0)
+                    .unwrap_or(60),
+            ),
             block_doh_443: matches!(
                 get("OPENSANDBOX_EGRESS_BLOCK_DOH_443")
                     .map(|v| v.to_ascii_lowercase())

@@ -8,6 +8,7 @@ use egress::config::{Config, Mode};
 use egress::dns::Proxy;
 use egress::nft::ruleset::{DohBlock, Options};
 use egress::nft::{Firewall, Nft, NoFirewall};
+use egress::policy::always::Always;
 use egress::state::{initial_policy, State};
 use tracing::level_filters::LevelFilter;
 
@@ -65,7 +66,8 @@ fn run() -> anyhow::Result<()> {
         } else {
             Box::new(NoFirewall)
         };
-        let state = Arc::new(State::new(policy, cfg.events_max, cfg.policy_file.clone(), firewall));
+        let always = Always::load(&cfg.rules_dir).map_err(anyhow::Error::msg).context("always rules")?;
+        let state = Arc::new(State::new(policy, always, cfg.events_max, cfg.policy_file.clone(), firewall));
         // Order matters: the proxy listens before DNS is redirected to it, and
         // the policy is in the kernel before the API (and /healthz) answers.
         let proxy = Proxy::new(state.clone(), upstreams.clone(), cfg.dns_upstream_timeout);
@@ -91,6 +93,19 @@ fn run() -> anyhow::Result<()> {
             }
         }
         state.enforce().context("apply the initial policy")?;
+        {
+            let st = state.clone();
+            let (dir, every) = (cfg.rules_dir.clone(), cfg.rules_reload);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let _w = st.writer.lock().await;
+                    st.reload_always(&dir);
+                }
+            });
+        }
         let listener = tokio::net::TcpListener::bind(cfg.http_addr)
             .await
             .with_context(|| format!("listen on {}", cfg.http_addr))?;

@@ -8,6 +8,7 @@ use std::sync::{Arc, RwLock};
 use crate::events::Events;
 use crate::nft::socket::NftError;
 use crate::nft::Firewall;
+use crate::policy::always::Always;
 use crate::policy::matcher::Matcher;
 use crate::policy::Policy;
 
@@ -26,7 +27,9 @@ pub enum InstallError {
 /// Shared state of the sidecar.
 #[derive(Debug)]
 pub struct State {
-    current: RwLock<Arc<Matcher>>,
+    /// The user's policy and the effective matcher (overlay + user rules).
+    current: RwLock<(Arc<Policy>, Arc<Matcher>)>,
+    always: RwLock<Always>,
     /// Serializes changes (no lost updates between concurrent PATCHes).
     pub writer: tokio::sync::Mutex<()>,
     /// Refusals.
@@ -40,12 +43,15 @@ impl State {
     /// [`State::enforce`] is called.
     pub fn new(
         policy: Policy,
+        always: Always,
         events_max: usize,
         policy_file: Option<PathBuf>,
         firewall: Box<dyn Firewall>,
     ) -> Self {
+        let m = Arc::new(Matcher::new(always.apply_to(&policy)));
         Self {
-            current: RwLock::new(Arc::new(Matcher::new(policy))),
+            current: RwLock::new((Arc::new(policy), m)),
+            always: RwLock::new(always),
             writer: tokio::sync::Mutex::new(()),
             events: Events::new(events_max),
             policy_file,
@@ -65,22 +71,68 @@ impl State {
         self.firewall.as_ref()
     }
 
-    /// The policy in force.
+    /// The effective policy in force (the operator's overlay and the user's rules).
     pub fn matcher(&self) -> Arc<Matcher> {
         self.current
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .1
             .clone()
+    }
+
+    /// The user's policy (what GET returns and PATCH and DELETE change).
+    pub fn user_policy(&self) -> Arc<Policy> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0
+            .clone()
+    }
+
+    /// Re-reads the overlay files if they changed, and puts the result in
+    /// force; an invalid file keeps the previous overlay (with a warning).
+    pub fn reload_always(&self, dir: &std::path::Path) {
+        if !self
+            .always
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .changed(dir)
+        {
+            return;
+        }
+        match Always::load(dir) {
+            Err(e) => tracing::warn!(error = %e, "keeping the previous always rules"),
+            Ok(a) => {
+                *self
+                    .always
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = a;
+                let user = (*self.user_policy()).clone();
+                match self.put_in_force(user, false) {
+                    Ok(()) => tracing::info!("always rules reloaded"),
+                    Err(e) => tracing::error!(error = %e, "cannot apply the reloaded always rules"),
+                }
+            }
+        }
     }
 
     /// Puts `policy` in force: the kernel first (one transaction), then the
     /// policy file, then the DNS proxy. If the file cannot be written the
     /// kernel goes back to the old policy: nothing is half-applied.
     pub fn install(&self, policy: Policy) -> Result<(), InstallError> {
-        let m = Arc::new(Matcher::new(policy));
+        self.put_in_force(policy, true)
+    }
+
+    fn put_in_force(&self, policy: Policy, persist_it: bool) -> Result<(), InstallError> {
+        let effective = self
+            .always
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .apply_to(&policy);
+        let m = Arc::new(Matcher::new(effective));
         self.firewall.apply(&m)?;
-        if let Some(path) = &self.policy_file {
-            if let Err(e) = persist(path, m.policy()) {
+        if let Some(path) = self.policy_file.as_ref().filter(|_| persist_it) {
+            if let Err(e) = persist(path, &policy) {
                 if let Err(back) = self.firewall.apply(&self.matcher()) {
                     tracing::error!(error = %back, "cannot restore the previous nftables policy");
                 }
@@ -90,7 +142,7 @@ impl State {
         *self
             .current
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = m;
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = (Arc::new(policy), m);
         Ok(())
     }
 }

@@ -237,3 +237,73 @@ fn a_flood_of_lookups_loses_no_answer() {
     );
     assert_eq!(v["dropped"], 900);
 }
+
+#[test]
+fn always_rules_overlay_the_user_policy_and_reload() {
+    let w = FakeResolver::start(&[
+        ("evil.test", vec![Ipv4Addr::new(10, 0, 0, 6)]),
+        ("extra.test", vec![Ipv4Addr::new(10, 0, 0, 7)]),
+    ]);
+    let dir = std::env::temp_dir().join(format!("egress-always-it-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("deny.always"), "evil.test # operator says no\n").unwrap();
+    let upstream = w.addr.to_string();
+    let dir_s = dir.to_str().unwrap().to_string();
+    let e = egress(&[
+        ("OPENSANDBOX_EGRESS_DNS_UPSTREAM", &upstream),
+        (
+            "OPENSANDBOX_EGRESS_RULES",
+            r#"{"defaultAction":"deny","egress":[{"action":"allow","target":"evil.test"}]}"#,
+        ),
+        ("OPENSANDBOX_EGRESS_RULES_DIR", &dir_s),
+        ("OPENSANDBOX_EGRESS_RULES_RELOAD_SEC", "1"),
+    ]);
+    assert_eq!(
+        rcode(&e.lookup("evil.test.")),
+        ResponseCode::NXDomain,
+        "deny.always beats the user's allow"
+    );
+    let (_, v) = e.json("GET", "/policy", None);
+    assert_eq!(
+        v["policy"]["egress"],
+        serde_json::json!([{"action":"allow","target":"evil.test"}]),
+        "GET shows the user's rules only"
+    );
+    let (_, v) = e.json("GET", "/policy/explain?target=evil.test", None);
+    assert_eq!(v["rule"]["target"], "evil.test");
+    assert_eq!(v["action"], "deny");
+    // A new allow.always is picked up without a restart.
+    assert_eq!(rcode(&e.lookup("extra.test.")), ResponseCode::NXDomain);
+    std::fs::write(dir.join("allow.always"), "extra.test\n").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while rcode(&e.lookup("extra.test.")) != ResponseCode::NoError {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "allow.always was not reloaded"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // A broken file keeps the previous overlay.
+    std::fs::write(dir.join("allow.always"), "bad..name\n").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert_eq!(
+        addrs(&e.lookup("extra.test.")),
+        [Ipv4Addr::new(10, 0, 0, 7)]
+    );
+    drop(e);
+    // At start, a broken file is fatal.
+    let out = std::process::Command::new(bin())
+        .env("OPENSANDBOX_EGRESS_RULES_DIR", &dir_s)
+        .env("OPENSANDBOX_EGRESS_REDIRECT", "off")
+        .env("OPENSANDBOX_EGRESS_HTTP_ADDR", "127.0.0.1:0")
+        .env("OPENSANDBOX_EGRESS_DNS_ADDR", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("allow.always:1"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -201,8 +201,7 @@ impl Api {
     }
 
     fn get_policy(&self) -> Resp {
-        let m = self.state.matcher();
-        self.status(m.policy(), None, true)
+        self.status(&self.state.user_policy(), None, true)
     }
 
     fn commit(&self, policy: Policy, reason: Option<&str>) -> Resp {
@@ -256,7 +255,7 @@ impl Api {
             }
         };
         let _w = self.state.writer.lock().await;
-        match self.state.matcher().policy().patched(rules) {
+        match self.state.user_policy().patched(rules) {
             Ok(p) => self.commit(p, None),
             Err(e) => policy_error(&e, "invalid patch rules"),
         }
@@ -276,10 +275,10 @@ impl Api {
             }
         };
         let _w = self.state.writer.lock().await;
-        let current = self.state.matcher();
-        match current.policy().without(&targets) {
+        let current = self.state.user_policy();
+        match current.without(&targets) {
             Err(e) => policy_error(&e, "invalid delete targets"),
-            Ok((_, 0)) => self.status(current.policy(), Some("no matching targets found"), false),
+            Ok((_, 0)) => self.status(&current, Some("no matching targets found"), false),
             Ok((p, _)) => self.commit(p, None),
         }
     }

@@ -5,6 +5,7 @@
 //! an action, an unknown `defaultAction`, a misplaced wildcard or an invalid
 //! name are rejected).
 
+pub mod always;
 pub mod matcher;
 
 use std::net::IpAddr;
