@@ -45,8 +45,14 @@ fn run() -> anyhow::Result<()> {
             let mut extra_allow: Vec<std::net::IpAddr> = vec![std::net::Ipv4Addr::LOCALHOST.into()];
             extra_allow.extend(upstreams.iter().map(std::net::SocketAddr::ip));
             let own_cgroup = egress::nft::cgroup::own();
-            if own_cgroup.is_none() {
-                tracing::warn!("egress runs in the root cgroup: its own DNS and traffic cannot be told apart from the sandbox's");
+if own_cgroup.is_none() && cfg.redirect {
+                // Without it, egress's own queries would be redirected back
+                // to itself; refusing to start is the fail-closed answer.
+                anyhow::bail!(
+                    "egress must run in a cgroup v2 of its own (a container has one) to redirect DNS: \
+                     its own queries cannot be told apart from the sandbox's otherwise \
+                     (or set OPENSANDBOX_EGRESS_REDIRECT=off)"
+                );
             }
             Box::new(
                 Nft::new(Options {

@@ -252,3 +252,47 @@ fn doh_and_quic_on_443_can_be_blocked() {
     .join()
     .unwrap();
 }
+
+#[test]
+fn redirect_without_a_cgroup_of_its_own_refuses_to_start() {
+    if skip("redirect_without_a_cgroup_of_its_own_refuses_to_start") {
+        return;
+    }
+    let ns = Netns::new("nocg");
+    std::thread::spawn(move || {
+        ns.enter();
+        // egress in the root cgroup (which the sandbox may share) would be
+        // unable to tell its own queries apart and must not start.
+        let root = Cgroup::new("root-probe").unwrap();
+        let mount = root.path.parent().unwrap().to_path_buf();
+        drop(root);
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(r#"echo $$ > "$1/cgroup.procs" && exec "$2""#)
+            .arg("sh")
+            .arg(&mount)
+            .arg(bin())
+            .env("OPENSANDBOX_EGRESS_REDIRECT", "on")
+            .env("OPENSANDBOX_EGRESS_HTTP_ADDR", "127.0.0.1:0")
+            .env("OPENSANDBOX_EGRESS_DNS_ADDR", "127.0.0.1:0")
+            .env("OPENSANDBOX_EGRESS_DNS_UPSTREAM", "127.0.0.1:53")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("cgroup v2 of its own"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rs = std::process::Command::new("nft")
+            .args(["list", "ruleset"])
+            .output()
+            .unwrap();
+        assert!(
+            !String::from_utf8_lossy(&rs.stdout).contains("opensandbox"),
+            "nothing half-installed"
+        );
+    })
+    .join()
+    .unwrap();
+}
