@@ -84,6 +84,10 @@ pub struct Config {
     pub block_doh_443: bool,
     /// `OPENSANDBOX_EGRESS_DOH_BLOCKLIST`: IPs and CIDRs of DoH resolvers.
     pub doh_blocklist: Vec<(IpAddr, u8)>,
+    /// `OPENSANDBOX_EGRESS_DENY_WEBHOOK`: URL told about every refused name.
+    pub deny_webhook: Option<String>,
+    /// `OPENSANDBOX_EGRESS_SANDBOX_ID`: `sandboxId` in webhook events.
+    pub sandbox_id: String,
 }
 
 /// A configuration error.
@@ -215,6 +219,8 @@ impl Config {
                     .filter(|n| *n > 0)
                     .unwrap_or(60),
             ),
+            deny_webhook: get("OPENSANDBOX_EGRESS_DENY_WEBHOOK"),
+            sandbox_id: get("OPENSANDBOX_EGRESS_SANDBOX_ID").unwrap_or_default(),
             block_doh_443: matches!(
                 get("OPENSANDBOX_EGRESS_BLOCK_DOH_443")
                     .map(|v| v.to_ascii_lowercase())

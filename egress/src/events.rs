@@ -30,6 +30,7 @@ pub struct Event {
 /// The bounded log.
 #[derive(Debug)]
 pub struct Events {
+    webhook: std::sync::OnceLock<tokio::sync::mpsc::Sender<String>>,
     max: usize,
     inner: Mutex<(VecDeque<Event>, u64)>,
 }
@@ -47,15 +48,26 @@ impl Events {
     /// A log keeping at most `max` events.
     pub fn new(max: usize) -> Self {
         Self {
+            webhook: std::sync::OnceLock::new(),
             max: max.max(1),
             inner: Mutex::new((VecDeque::new(), 0)),
         }
+    }
+
+    /// Also sends every refused name to the deny webhook's queue.
+    pub fn set_webhook(&self, queue: tokio::sync::mpsc::Sender<String>) {
+        let _ = self.webhook.set(queue);
     }
 
     /// Records a refused DNS lookup.
     pub fn dns_refused(&self, domain: &str, rule: Option<&str>) {
         let rule = rule.unwrap_or("defaultAction").to_string();
         tracing::info!(event = "egress.denied", kind = "dns", domain, rule = %rule, "name refused");
+        if let Some(q) = self.webhook.get() {
+            if q.try_send(domain.to_string()).is_err() {
+                tracing::warn!(domain, "deny webhook queue full; dropping the event");
+            }
+        }
         self.push(Event {
             timestamp: now_ms(),
             kind: "dns",

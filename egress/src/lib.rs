@@ -8,6 +8,7 @@
 //! - [`dns`]: the DNS proxy.
 //! - [`api`]: the HTTP API.
 //! - [`events`]: refusals, bounded.
+//! - [`webhook`]: the denied-hostname webhook.
 //!
 //! Not here yet (issue 5 continues): nftables over netlink (`nft/`), the DNS
 //! redirect, `dns+nft` enforcement, and the network-namespace tests. Later
@@ -20,3 +21,4 @@ pub mod events;
 pub mod nft;
 pub mod policy;
 pub mod state;
+pub mod webhook;

@@ -73,7 +73,17 @@ if own_cgroup.is_none() && cfg.redirect {
             Box::new(NoFirewall)
         };
         let always = Always::load(&cfg.rules_dir).map_err(anyhow::Error::msg).context("always rules")?;
+        let webhook = cfg
+            .deny_webhook
+            .as_deref()
+            .map(egress::webhook::parse_url)
+            .transpose()
+            .map_err(anyhow::Error::msg)
+            .context("OPENSANDBOX_EGRESS_DENY_WEBHOOK")?;
         let state = Arc::new(State::new(policy, always, cfg.events_max, cfg.policy_file.clone(), firewall));
+        if let Some(target) = webhook {
+            state.events.set_webhook(egress::webhook::start(target, cfg.sandbox_id.clone()));
+        }
         // Order matters: the proxy listens before DNS is redirected to it, and
         // the policy is in the kernel before the API (and /healthz) answers.
         let proxy = Proxy::new(state.clone(), upstreams.clone(), cfg.dns_upstream_timeout);

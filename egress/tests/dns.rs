@@ -307,3 +307,77 @@ fn always_rules_overlay_the_user_policy_and_reload() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn refused_names_reach_the_deny_webhook_with_retries() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::sync::{Arc, Mutex};
+    let hook = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook_addr = hook.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<(String, serde_json::Value)>>> = Arc::default();
+    {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            for (n, conn) in hook.incoming().flatten().enumerate() {
+                let mut r = BufReader::new(conn);
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap();
+                let mut len = 0;
+                loop {
+                    let mut h = String::new();
+                    r.read_line(&mut h).unwrap();
+                    if h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0u8; len];
+                r.read_exact(&mut body).unwrap();
+                seen.lock().unwrap().push((
+                    line.trim().to_string(),
+                    serde_json::from_slice(&body).unwrap(),
+                ));
+                // The first attempt fails: egress must retry.
+                let status = if n == 0 {
+                    "500 Internal Server Error"
+                } else {
+                    "200 OK"
+                };
+                let _ = r.get_mut().write_all(
+                    format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                );
+            }
+        });
+    }
+    let w = world();
+    let upstream = w.addr.to_string();
+    let url = format!("http://{hook_addr}/hooks/denied");
+    let e = egress(&[
+        ("OPENSANDBOX_EGRESS_DNS_UPSTREAM", &upstream),
+        ("OPENSANDBOX_EGRESS_RULES", r#"{"defaultAction":"deny"}"#),
+        ("OPENSANDBOX_EGRESS_DENY_WEBHOOK", &url),
+        ("OPENSANDBOX_EGRESS_SANDBOX_ID", "sbx-42"),
+    ]);
+    assert_eq!(rcode(&e.lookup("Denied.TEST.")), ResponseCode::NXDomain);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while seen.lock().unwrap().len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "webhook not retried: {:?}",
+            seen.lock().unwrap()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen[0].0, "POST /hooks/denied HTTP/1.1");
+    for (_, body) in seen.iter() {
+        assert_eq!(body["hostname"], "denied.test");
+        assert_eq!(body["source"], "opensandbox-egress");
+        assert_eq!(body["sandboxId"], "sbx-42");
+        let ts = body["timestamp"].as_str().unwrap();
+        assert!(ts.len() == 20 && ts.ends_with('Z'), "{ts}");
+    }
+}
