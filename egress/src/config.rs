@@ -84,6 +84,10 @@ pub struct Config {
     pub block_doh_443: bool,
     /// `OPENSANDBOX_EGRESS_DOH_BLOCKLIST`: IPs and CIDRs of DoH resolvers.
     pub doh_blocklist: Vec<(IpAddr, u8)>,
+    /// `OPENSANDBOX_EGRESS_DNS_UPSTREAM_PROBE`: probe name (`.` = root NS).
+    pub dns_probe: String,
+    /// `OPENSANDBOX_EGRESS_DNS_UPSTREAM_PROBE_INTERVAL_SEC` (1..=3600, default 30).
+    pub dns_probe_interval: Duration,
     /// `OPENSANDBOX_EGRESS_DENY_WEBHOOK`: URL told about every refused name.
     pub deny_webhook: Option<String>,
     /// `OPENSANDBOX_EGRESS_SANDBOX_ID`: `sandboxId` in webhook events.
@@ -218,6 +222,13 @@ impl Config {
                     .and_then(|v| v.parse().ok())
                     .filter(|n| *n > 0)
                     .unwrap_or(60),
+            ),
+            dns_probe: get("OPENSANDBOX_EGRESS_DNS_UPSTREAM_PROBE").unwrap_or_else(|| ".".into()),
+            dns_probe_interval: Duration::from_secs(
+                get("OPENSANDBOX_EGRESS_DNS_UPSTREAM_PROBE_INTERVAL_SEC")
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(30)
+                    .clamp(1, 3600),
             ),
             deny_webhook: get("OPENSANDBOX_EGRESS_DENY_WEBHOOK"),
             sandbox_id: get("OPENSANDBOX_EGRESS_SANDBOX_ID").unwrap_or_default(),

@@ -91,6 +91,7 @@ if own_cgroup.is_none() && cfg.redirect {
             .serve(cfg.dns_addr)
             .await
             .with_context(|| format!("dns proxy on {}", cfg.dns_addr))?;
+        proxy.probe_upstreams(cfg.dns_probe.clone(), cfg.dns_probe_interval);
         if filter {
             // Refused connections become events (before the rules exist, so none is missed).
             let st = state.clone();

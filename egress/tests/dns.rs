@@ -381,3 +381,49 @@ fn refused_names_reach_the_deny_webhook_with_retries() {
         assert!(ts.len() == 20 && ts.ends_with('Z'), "{ts}");
     }
 }
+
+#[test]
+fn probes_take_a_silent_upstream_out_of_rotation() {
+    use std::sync::{Arc, Mutex};
+    // An upstream that receives but never answers.
+    let hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let hole_addr = hole.local_addr().unwrap();
+    let asked: Arc<Mutex<Vec<String>>> = Arc::default();
+    {
+        let asked = asked.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while let Ok(n) = hole.recv(&mut buf) {
+                if let Ok(m) = hickory_proto::op::Message::from_vec(&buf[..n]) {
+                    asked.lock().unwrap().push(m.queries[0].name().to_ascii());
+                }
+            }
+        });
+    }
+    let w = world();
+    let list = format!("{hole_addr},{}", w.addr);
+    let e = egress(&[
+        ("OPENSANDBOX_EGRESS_DNS_UPSTREAM", &list),
+        ("OPENSANDBOX_EGRESS_RULES", r#"{"defaultAction":"allow"}"#),
+        ("OPENSANDBOX_EGRESS_DNS_UPSTREAM_PROBE_INTERVAL_SEC", "1"),
+    ]);
+    // The first probe (". NS") reaches the silent upstream and times out.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !asked.lock().unwrap().iter().any(|n| n == ".") {
+        assert!(std::time::Instant::now() < deadline, "no probe");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    asked.lock().unwrap().clear();
+    for _ in 0..3 {
+        assert_eq!(
+            addrs(&e.lookup("allowed.test.")),
+            [Ipv4Addr::new(10, 0, 0, 1)]
+        );
+    }
+    let asked = asked.lock().unwrap();
+    assert!(
+        !asked.iter().any(|n| n == "allowed.test."),
+        "queries skipped the unhealthy upstream: {asked:?}"
+    );
+}

@@ -40,7 +40,7 @@ pub(super) async fn exchange(
     None
 }
 
-async fn udp(up: SocketAddr, query: &[u8], timeout: Duration) -> Option<Vec<u8>> {
+pub(super) async fn udp(up: SocketAddr, query: &[u8], timeout: Duration) -> Option<Vec<u8>> {
     let local: SocketAddr = if up.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
     } else {

@@ -7,6 +7,7 @@
 //! UDP and handed TCP clients truncated answers).
 
 mod forward;
+pub mod probe;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ const TCP_IDLE: Duration = Duration::from_secs(10);
 pub struct Proxy {
     state: Arc<State>,
     upstreams: Vec<SocketAddr>,
+    active: Arc<std::sync::RwLock<Vec<SocketAddr>>>,
     timeout: Duration,
 }
 
@@ -46,9 +48,21 @@ impl Proxy {
     pub fn new(state: Arc<State>, upstreams: Vec<SocketAddr>, timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
             state,
+            active: Arc::new(std::sync::RwLock::new(upstreams.clone())),
             upstreams,
             timeout,
         })
+    }
+
+    /// Starts the upstream health probes (`name`: `.` or a name to ask for).
+    pub fn probe_upstreams(&self, name: String, every: Duration) {
+        probe::start(
+            self.upstreams.clone(),
+            self.active.clone(),
+            name,
+            every,
+            self.timeout,
+        );
     }
 
     /// Binds UDP and TCP on `addr` and serves until the process ends. Returns
@@ -156,7 +170,12 @@ impl Proxy {
                 .dns_refused(&shown, decision.target.as_deref());
             return reply(&msg, ResponseCode::NXDomain);
         }
-        match forward::exchange(&self.upstreams, query, transport, self.timeout).await {
+        let upstreams = self
+            .active
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        match forward::exchange(&upstreams, query, transport, self.timeout).await {
             Some(answer) => {
                 // dns+nft: the answer's addresses are allowed in the kernel
                 // before the client sees them, so its first connection never
