@@ -84,6 +84,9 @@ pub struct Config {
     pub block_doh_443: bool,
     /// `OPENSANDBOX_EGRESS_DOH_BLOCKLIST`: IPs and CIDRs of DoH resolvers.
     pub doh_blocklist: Vec<(IpAddr, u8)>,
+    /// `OPENSANDBOX_EGRESS_NAMESERVER_EXEMPT`: resolver IPs the sandbox may
+    /// query directly (literal IPs; anything else is ignored, as upstream).
+    pub nameserver_exempt: Vec<IpAddr>,
     /// `OPENSANDBOX_EGRESS_DNS_UPSTREAM_PROBE`: probe name (`.` = root NS).
     pub dns_probe: String,
     /// `OPENSANDBOX_EGRESS_DNS_UPSTREAM_PROBE_INTERVAL_SEC` (1..=3600, default 30).
@@ -223,6 +226,9 @@ impl Config {
                     .filter(|n| *n > 0)
                     .unwrap_or(60),
             ),
+            nameserver_exempt: get("OPENSANDBOX_EGRESS_NAMESERVER_EXEMPT")
+                .map(|l| l.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+                .unwrap_or_default(),
             dns_probe: get("OPENSANDBOX_EGRESS_DNS_UPSTREAM_PROBE").unwrap_or_else(|| ".".into()),
             dns_probe_interval: Duration::from_secs(
                 get("OPENSANDBOX_EGRESS_DNS_UPSTREAM_PROBE_INTERVAL_SEC")

@@ -44,6 +44,7 @@ fn run() -> anyhow::Result<()> {
         let firewall: Box<dyn Firewall> = if filter || cfg.redirect {
             let mut extra_allow: Vec<std::net::IpAddr> = vec![std::net::Ipv4Addr::LOCALHOST.into()];
             extra_allow.extend(upstreams.iter().map(std::net::SocketAddr::ip));
+            extra_allow.extend(cfg.nameserver_exempt.iter().copied());
             let own_cgroup = egress::nft::cgroup::own();
 if own_cgroup.is_none() && cfg.redirect {
                 // Without it, egress's own queries would be redirected back
@@ -61,6 +62,7 @@ if own_cgroup.is_none() && cfg.redirect {
                     extra_allow,
                     own_cgroup,
                     log_group: filter.then_some(egress::nft::nflog::GROUP),
+                    exempt: cfg.nameserver_exempt.clone(),
                     doh: match (cfg.block_doh_443, cfg.doh_blocklist.is_empty()) {
                         (false, _) => DohBlock::Off,
                         (true, true) => DohBlock::All,

@@ -306,3 +306,43 @@ fn a_flood_of_lookups_loses_no_answer() {
         },
     );
 }
+
+#[test]
+fn exempt_nameservers_are_reached_directly() {
+    if skip("exempt_nameservers_are_reached_directly") {
+        return;
+    }
+    let topo = Topology::new("exempt", &zone());
+    let cg = Cgroup::new("exempt").unwrap();
+    std::thread::spawn(move || {
+        topo.enter_sandbox();
+        let e = Egress::start_in(
+            &egress_bin(),
+            &[
+                ("OPENSANDBOX_EGRESS_MODE", "dns+nft"),
+                ("OPENSANDBOX_EGRESS_REDIRECT", "on"),
+                ("OPENSANDBOX_EGRESS_DNS_UPSTREAM", WORLD_DNS),
+                (
+                    "OPENSANDBOX_EGRESS_NAMESERVER_EXEMPT",
+                    "10.200.0.1, not-an-ip",
+                ),
+                ("OPENSANDBOX_EGRESS_RULES", r#"{"defaultAction":"deny"}"#),
+            ],
+            Some(&cg.path),
+        );
+        // The exempt resolver answers the sandbox itself (upstream's documented bypass)...
+        assert_eq!(resolve("denied.test."), (ResponseCode::NoError, vec![B]));
+        // ...any other resolver address is still redirected to egress.
+        let m = dns_udp(
+            "10.200.0.9:53".parse().unwrap(),
+            "denied.test.",
+            RecordType::A,
+        );
+        assert_eq!(rcode(&m), ResponseCode::NXDomain);
+        drop(e);
+        drop(cg);
+        drop(topo);
+    })
+    .join()
+    .unwrap();
+}

@@ -184,6 +184,26 @@ pub struct Options {
     /// Port 443 blocking against DNS over HTTPS (upstream's
     /// `OPENSANDBOX_EGRESS_BLOCK_DOH_443`), over TCP and UDP (QUIC).
     pub doh: DohBlock,
+    /// Resolvers the sandbox may query directly (upstream's
+    /// `OPENSANDBOX_EGRESS_NAMESERVER_EXEMPT`): not redirected, not guarded.
+    /// A deliberate DNS-policy bypass for those addresses.
+    pub exempt: Vec<IpAddr>,
+}
+
+/// Matches a packet's destination address `ip`.
+fn daddr_is(x: &mut Exprs, ip: IpAddr) -> &mut Exprs {
+    match ip {
+        IpAddr::V4(a) => x
+            .meta(MetaKey::NfProto)
+            .cmp(true, &[NFPROTO_IPV4])
+            .payload(Base::Network, 16, 4)
+            .cmp(true, &a.octets()),
+        IpAddr::V6(a) => x
+            .meta(MetaKey::NfProto)
+            .cmp(true, &[NFPROTO_IPV6])
+            .payload(Base::Network, 24, 16)
+            .cmp(true, &a.octets()),
+    }
 }
 
 /// What port 443 traffic is dropped.
@@ -483,6 +503,16 @@ fn dns_guard(b: &mut Batch, opts: &Options) {
                 .verdict(Verdict::Accept);
         });
     }
+    for ip in &opts.exempt {
+        add_rule_to(
+            b,
+            "dns_guard",
+            &format!("exempt resolver {ip} accept"),
+            |x| {
+                daddr_is(x, *ip).verdict(Verdict::Accept);
+            },
+        );
+    }
     for (proto, name) in [(17u8, "udp"), (6u8, "tcp")] {
         add_rule_to(b, "dns_guard", &format!("{name} dport 53 drop"), |x| {
             x.meta(MetaKey::L4Proto)
@@ -521,6 +551,16 @@ fn redirect_chain(b: &mut Batch, opts: &Options, port: u16) {
         add_rule_to(b, REDIRECT_CHAIN, "egress's own cgroup return", |x| {
             x.socket_cgroup(level).cmp(true, &id.to_ne_bytes()).ret();
         });
+    }
+    for ip in &opts.exempt {
+        add_rule_to(
+            b,
+            REDIRECT_CHAIN,
+            &format!("exempt resolver {ip} return"),
+            |x| {
+                daddr_is(x, *ip).ret();
+            },
+        );
     }
     for (proto, name) in [(17u8, "udp"), (6u8, "tcp")] {
         add_rule_to(
