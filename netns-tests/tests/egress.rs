@@ -346,3 +346,36 @@ fn exempt_nameservers_are_reached_directly() {
     .join()
     .unwrap();
 }
+
+#[test]
+fn dns_mode_redirects_without_filtering() {
+    if skip("dns_mode_redirects_without_filtering") {
+        return;
+    }
+    let topo = Topology::new("dnsmode", &zone());
+    let cg = Cgroup::new("dnsmode").unwrap();
+    std::thread::spawn(move || {
+        topo.enter_sandbox();
+        let e = Egress::start_in(
+            &egress_bin(),
+            &[
+                ("OPENSANDBOX_EGRESS_MODE", "dns"),
+                ("OPENSANDBOX_EGRESS_REDIRECT", "on"),
+                ("OPENSANDBOX_EGRESS_DNS_UPSTREAM", WORLD_DNS),
+                ("OPENSANDBOX_EGRESS_RULES", r#"{"defaultAction":"deny","egress":[{"action":"allow","target":"allowed.test"}]}"#),
+            ],
+            Some(&cg.path),
+        );
+        assert_eq!(resolve("allowed.test."), (ResponseCode::NoError, vec![A]));
+        assert_eq!(resolve("denied.test.").0, ResponseCode::NXDomain);
+        // dns mode filters names only: addresses stay reachable.
+        assert_eq!(fetch(B), Some(hello(B)));
+        let (_, v) = e.json("GET", "/policy", None);
+        assert_eq!(v["enforcementMode"], "dns");
+        drop(e);
+        drop(cg);
+        drop(topo);
+    })
+    .join()
+    .unwrap();
+}

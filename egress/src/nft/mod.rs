@@ -187,7 +187,8 @@ impl Firewall for Nft {
     }
 
     fn learns(&self) -> bool {
-        true
+        // `dns` mode has only the redirect: nothing to learn into.
+        self.opts.filter
     }
 }
 
