@@ -241,3 +241,51 @@ fn learned_addresses_are_kept_or_forgotten_on_update() {
         assert!(!can_send("10.0.0.2:9"));
     });
 }
+
+#[test]
+fn thousands_of_separate_addresses_fit_in_one_batch() {
+    if !is_root() {
+        eprintln!("SKIPPED thousands_of_separate_addresses_fit_in_one_batch: needs root (CI runs as root)");
+        return;
+    }
+    in_netns(|| {
+        net_up();
+        // Separate /32s and /128s: one range each, far more than one netlink
+        // attribute (64 KiB) holds.
+        let mut rules: Vec<String> = (0..6000u32)
+            .map(|i| {
+                format!(
+                    r#"{{"action":"allow","target":"10.{}.{}.1"}}"#,
+                    i / 250,
+                    i % 250
+                )
+            })
+            .collect();
+        rules.extend(
+            (0..2000u32).map(|i| format!(r#"{{"action":"deny","target":"2001:db8::{i:x}:1"}}"#)),
+        );
+        let body = format!(
+            r#"{{"defaultAction":"deny","egress":[{}]}}"#,
+            rules.join(",")
+        );
+        let policy = Policy::parse(body.as_bytes()).unwrap();
+        apply_full(&policy, &filter_only()).unwrap();
+        let rs = ruleset();
+        assert_eq!(
+            find(&rs, "set", "allow_v4").unwrap()["elem"]
+                .as_array()
+                .unwrap()
+                .len(),
+            6000
+        );
+        assert_eq!(
+            find(&rs, "set", "deny_v6").unwrap()["elem"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2000
+        );
+        assert!(can_send("10.23.249.1:9"));
+        assert!(!can_send("10.23.249.2:9"));
+    });
+}

@@ -9,6 +9,7 @@
 
 pub mod dns;
 pub mod egress;
+pub mod load;
 pub mod netns;
 pub mod topology;
 

@@ -49,16 +49,18 @@ pub(super) async fn udp(up: SocketAddr, query: &[u8], timeout: Duration) -> Opti
     let sock = UdpSocket::bind(local).await.ok()?;
     sock.connect(up).await.ok()?;
     sock.send(query).await.ok()?;
-    let mut buf = vec![0u8; 65_535];
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let n = tokio::time::timeout_at(deadline, sock.recv(&mut buf))
+        // Room for the largest datagram, not zeroed.
+        let mut buf = Vec::with_capacity(65_535);
+        let n = tokio::time::timeout_at(deadline, sock.recv_buf(&mut buf))
             .await
             .ok()?
             .ok()?;
         // Only the answer to this query (same ID) counts.
         if n >= 12 && buf[..2] == query[..2] {
             buf.truncate(n);
+            buf.shrink_to_fit();
             return Some(buf);
         }
     }

@@ -151,12 +151,26 @@ impl Firewall for Nft {
         if addrs.is_empty() {
             return Ok(());
         }
-        let with_ms: Vec<(IpAddr, u64)> = addrs
-            .iter()
-            .map(|(ip, ttl)| (*ip, u64::from((*ttl).max(1)) * 1000))
-            .collect();
-        self.send(|seq| ruleset::learn(&with_ms, seq))?;
         let now = Instant::now();
+        let ttl = |t: u32| Duration::from_secs(u64::from(t.max(1)));
+        // An address whose element still has more than half of this answer's
+        // TTL to live is not touched: no netlink round trip for the common
+        // case of a name looked up again and again.
+        let stale: Vec<(IpAddr, u64)> = {
+            let learned = lock(&self.learned);
+            addrs
+                .iter()
+                .filter(|(ip, t)| {
+                    learned
+                        .get(ip)
+                        .is_none_or(|l| l.expires < now + ttl(*t) / 2)
+                })
+                .map(|(ip, t)| (*ip, u64::from((*t).max(1)) * 1000))
+                .collect()
+        };
+        if !stale.is_empty() {
+            self.send(|seq| ruleset::learn(&stale, seq))?;
+        }
         let mut learned = lock(&self.learned);
         if learned.len() + addrs.len() > MAX_LEARNED {
             learned.retain(|_, l| l.expires > now);
@@ -171,14 +185,15 @@ impl Firewall for Nft {
                 learned.remove(&soonest);
             }
         }
-        for (ip, ttl) in addrs {
+        for (ip, t) in addrs {
             let e = learned.entry(*ip).or_insert_with(|| Learned {
                 expires: now,
                 names: Vec::new(),
             });
-            e.expires = e
-                .expires
-                .max(now + Duration::from_secs(u64::from((*ttl).max(1))));
+            if stale.iter().any(|(s, _)| s == ip) {
+                // The kernel element now expires exactly then (it may be sooner than before).
+                e.expires = now + ttl(*t);
+            }
             if !e.names.iter().any(|n| n == name) && e.names.len() < 16 {
                 e.names.push(name.to_string());
             }

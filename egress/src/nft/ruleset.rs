@@ -110,10 +110,18 @@ fn add_set(b: &mut Batch, name: &str, id: u32, v4: bool, flags: u32, timeout_ms:
     );
 }
 
+/// Elements per set-element message: a netlink attribute holds at most
+/// 64 KiB, and an IPv6 range takes about 80 bytes.
+pub const ELEMENTS_PER_MESSAGE: usize = 500;
+
 fn add_intervals(b: &mut Batch, set: &str, ranges: &[(u128, Option<u128>)], bits: u8) {
-    if ranges.is_empty() {
-        return;
+    // Chunks never split a range's start from its end.
+    for chunk in ranges.chunks(ELEMENTS_PER_MESSAGE) {
+        add_interval_chunk(b, set, chunk, bits);
     }
+}
+
+fn add_interval_chunk(b: &mut Batch, set: &str, ranges: &[(u128, Option<u128>)], bits: u8) {
     let mut a = Attrs::default();
     a.str(attr::SET_ELEM_LIST_TABLE, TABLE)
         .str(attr::SET_ELEM_LIST_SET, set)
@@ -603,43 +611,42 @@ pub fn update(policy: &Policy, opts: &Options, forget: &[IpAddr], seq: u32) -> E
 /// Adds one element message per family to a dynamic set.
 fn dyn_elements(b: &mut Batch, ty: u16, addrs: &[(IpAddr, Option<u64>)]) {
     for (set, v4) in [("dyn_allow_v4", true), ("dyn_allow_v6", false)] {
-        let mine: Vec<&(IpAddr, Option<u64>)> =
+        let all: Vec<&(IpAddr, Option<u64>)> =
             addrs.iter().filter(|(ip, _)| ip.is_ipv4() == v4).collect();
-        if mine.is_empty() {
-            continue;
-        }
-        let mut a = Attrs::default();
-        a.str(attr::SET_ELEM_LIST_TABLE, TABLE)
-            .str(attr::SET_ELEM_LIST_SET, set)
-            .nest(attr::SET_ELEM_LIST_ELEMENTS, |list| {
-                for (ip, timeout) in &mine {
-                    list.nest(attr::LIST_ELEM, |e| {
-                        let (v, bits) = addr_bits(*ip);
-                        e.nest(attr::SET_ELEM_KEY, |k| {
-                            k.bytes(attr::DATA_VALUE, &key_bytes(v, bits));
+        for mine in all.chunks(ELEMENTS_PER_MESSAGE) {
+            let mut a = Attrs::default();
+            a.str(attr::SET_ELEM_LIST_TABLE, TABLE)
+                .str(attr::SET_ELEM_LIST_SET, set)
+                .nest(attr::SET_ELEM_LIST_ELEMENTS, |list| {
+                    for (ip, timeout) in mine {
+                        list.nest(attr::LIST_ELEM, |e| {
+                            let (v, bits) = addr_bits(*ip);
+                            e.nest(attr::SET_ELEM_KEY, |k| {
+                                k.bytes(attr::DATA_VALUE, &key_bytes(v, bits));
+                            });
+                            if let Some(t) = timeout {
+                                e.u64(attr::SET_ELEM_TIMEOUT, *t);
+                            }
                         });
-                        if let Some(t) = timeout {
-                            e.u64(attr::SET_ELEM_TIMEOUT, *t);
-                        }
-                    });
-                }
-            });
-        let verb = if ty == msg::DELSETELEM {
-            "remove from"
-        } else {
-            "add to"
-        };
-        b.add(
-            ty,
-            if ty == msg::NEWSETELEM {
-                NLM_F_CREATE
+                    }
+                });
+            let verb = if ty == msg::DELSETELEM {
+                "remove from"
             } else {
-                0
-            },
-            family::INET,
-            &a,
-            format!("{verb} {set}"),
-        );
+                "add to"
+            };
+            b.add(
+                ty,
+                if ty == msg::NEWSETELEM {
+                    NLM_F_CREATE
+                } else {
+                    0
+                },
+                family::INET,
+                &a,
+                format!("{verb} {set}"),
+            );
+        }
     }
 }
 
