@@ -39,12 +39,22 @@ fn skip(test: &str) -> bool {
 
 /// Runs `f` in the sandbox with egress started on `rules`.
 fn scenario(tag: &str, rules: &str, f: impl FnOnce(&Egress) + Send + 'static) {
+    scenario_env(tag, &[("OPENSANDBOX_EGRESS_RULES", rules)], f);
+}
+
+/// Runs `f` in the sandbox with egress started with `envs` (over the defaults
+/// of [`start`]).
+fn scenario_env(tag: &str, envs: &[(&str, &str)], f: impl FnOnce(&Egress) + Send + 'static) {
     let topo = Topology::new(tag, &zone());
     let cg = Cgroup::new(tag).expect("cgroup v2");
-    let rules = rules.to_string();
+    let envs: Vec<(String, String)> = envs
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+        .collect();
     std::thread::spawn(move || {
         topo.enter_sandbox();
-        let e = start(&cg, &rules);
+        let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let e = start(&cg, &envs);
         f(&e);
         drop(e);
         drop(cg);
@@ -54,17 +64,16 @@ fn scenario(tag: &str, rules: &str, f: impl FnOnce(&Egress) + Send + 'static) {
     .unwrap();
 }
 
-fn start(cg: &Cgroup, rules: &str) -> Egress {
-    Egress::start_in(
-        &egress_bin(),
-        &[
-            ("OPENSANDBOX_EGRESS_MODE", "dns+nft"),
-            ("OPENSANDBOX_EGRESS_REDIRECT", "on"),
-            ("OPENSANDBOX_EGRESS_DNS_UPSTREAM", WORLD_DNS),
-            ("OPENSANDBOX_EGRESS_RULES", rules),
-        ],
-        Some(&cg.path),
-    )
+/// Starts egress in `cg`: `dns+nft`, redirect on, the world's resolver
+/// upstream, then `envs`.
+fn start(cg: &Cgroup, envs: &[(&str, &str)]) -> Egress {
+    let mut all = vec![
+        ("OPENSANDBOX_EGRESS_MODE", "dns+nft"),
+        ("OPENSANDBOX_EGRESS_REDIRECT", "on"),
+        ("OPENSANDBOX_EGRESS_DNS_UPSTREAM", WORLD_DNS),
+    ];
+    all.extend_from_slice(envs);
+    Egress::start_in(&egress_bin(), &all, Some(&cg.path))
 }
 
 /// Resolves `name` the way a program in the sandbox would: by asking the
@@ -248,12 +257,12 @@ fn restart_keeps_enforcement() {
         topo.enter_sandbox();
         let rules =
             r#"{"defaultAction":"deny","egress":[{"action":"allow","target":"allowed.test"}]}"#;
-        let e = start(&cg, rules);
+        let e = start(&cg, &[("OPENSANDBOX_EGRESS_RULES", rules)]);
         assert_eq!(fetch(A), None);
         drop(e); // killed: no cleanup
         assert_eq!(fetch(A), None, "still closed while egress is down");
         assert_eq!(fetch(B), None);
-        let e = start(&cg, rules);
+        let e = start(&cg, &[("OPENSANDBOX_EGRESS_RULES", rules)]);
         assert_eq!(resolve("allowed.test."), (ResponseCode::NoError, vec![A]));
         assert_eq!(fetch(A), Some(hello(A)));
         assert_eq!(fetch(B), None);
@@ -312,24 +321,14 @@ fn exempt_nameservers_are_reached_directly() {
     if skip("exempt_nameservers_are_reached_directly") {
         return;
     }
-    let topo = Topology::new("exempt", &zone());
-    let cg = Cgroup::new("exempt").unwrap();
-    std::thread::spawn(move || {
-        topo.enter_sandbox();
-        let e = Egress::start_in(
-            &egress_bin(),
-            &[
-                ("OPENSANDBOX_EGRESS_MODE", "dns+nft"),
-                ("OPENSANDBOX_EGRESS_REDIRECT", "on"),
-                ("OPENSANDBOX_EGRESS_DNS_UPSTREAM", WORLD_DNS),
-                (
-                    "OPENSANDBOX_EGRESS_NAMESERVER_EXEMPT",
-                    "10.200.0.1, not-an-ip",
-                ),
-                ("OPENSANDBOX_EGRESS_RULES", r#"{"defaultAction":"deny"}"#),
-            ],
-            Some(&cg.path),
-        );
+    let envs = [
+        (
+            "OPENSANDBOX_EGRESS_NAMESERVER_EXEMPT",
+            "10.200.0.1, not-an-ip",
+        ),
+        ("OPENSANDBOX_EGRESS_RULES", r#"{"defaultAction":"deny"}"#),
+    ];
+    scenario_env("exempt", &envs, |_| {
         // The exempt resolver answers the sandbox itself (upstream's documented bypass)...
         assert_eq!(resolve("denied.test."), (ResponseCode::NoError, vec![B]));
         // ...any other resolver address is still redirected to egress.
@@ -339,12 +338,7 @@ fn exempt_nameservers_are_reached_directly() {
             RecordType::A,
         );
         assert_eq!(rcode(&m), ResponseCode::NXDomain);
-        drop(e);
-        drop(cg);
-        drop(topo);
-    })
-    .join()
-    .unwrap();
+    });
 }
 
 #[test]
@@ -352,30 +346,19 @@ fn dns_mode_redirects_without_filtering() {
     if skip("dns_mode_redirects_without_filtering") {
         return;
     }
-    let topo = Topology::new("dnsmode", &zone());
-    let cg = Cgroup::new("dnsmode").unwrap();
-    std::thread::spawn(move || {
-        topo.enter_sandbox();
-        let e = Egress::start_in(
-            &egress_bin(),
-            &[
-                ("OPENSANDBOX_EGRESS_MODE", "dns"),
-                ("OPENSANDBOX_EGRESS_REDIRECT", "on"),
-                ("OPENSANDBOX_EGRESS_DNS_UPSTREAM", WORLD_DNS),
-                ("OPENSANDBOX_EGRESS_RULES", r#"{"defaultAction":"deny","egress":[{"action":"allow","target":"allowed.test"}]}"#),
-            ],
-            Some(&cg.path),
-        );
+    let envs = [
+        ("OPENSANDBOX_EGRESS_MODE", "dns"),
+        (
+            "OPENSANDBOX_EGRESS_RULES",
+            r#"{"defaultAction":"deny","egress":[{"action":"allow","target":"allowed.test"}]}"#,
+        ),
+    ];
+    scenario_env("dnsmode", &envs, |e| {
         assert_eq!(resolve("allowed.test."), (ResponseCode::NoError, vec![A]));
         assert_eq!(resolve("denied.test.").0, ResponseCode::NXDomain);
         // dns mode filters names only: addresses stay reachable.
         assert_eq!(fetch(B), Some(hello(B)));
         let (_, v) = e.json("GET", "/policy", None);
         assert_eq!(v["enforcementMode"], "dns");
-        drop(e);
-        drop(cg);
-        drop(topo);
-    })
-    .join()
-    .unwrap();
+    });
 }

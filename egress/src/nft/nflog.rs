@@ -7,10 +7,7 @@ use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::errno::Errno;
-use nix::sys::socket::{
-    bind, recv, sendto, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr,
-    SockFlag, SockProtocol, SockType,
-};
+use nix::sys::socket::{recv, sendto, MsgFlags, NetlinkAddr};
 
 use super::wire::{message, Attrs, NLM_F_ACK, NLM_F_REQUEST};
 
@@ -87,15 +84,7 @@ fn parse_packet(mut attrs: &[u8]) -> Option<Refused> {
 /// Binds to the nflog group and calls `on_refused` for every logged packet,
 /// on a thread of its own.
 pub fn listen(on_refused: impl Fn(Refused) + Send + 'static) -> Result<(), Errno> {
-    let fd: OwnedFd = socket(
-        AddressFamily::Netlink,
-        SockType::Raw,
-        SockFlag::SOCK_CLOEXEC,
-        SockProtocol::NetlinkNetFilter,
-    )?;
-    bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))?;
-    let _ = setsockopt(&fd, sockopt::RcvBufForce, &BUFFER)
-        .or_else(|_| setsockopt(&fd, sockopt::RcvBuf, &BUFFER));
+    let fd: OwnedFd = super::socket::netfilter_socket(BUFFER)?;
     let mut a = Attrs::default();
     a.bytes(1, &[1]); // NFULA_CFG_CMD: BIND
     let mut mode = 64u32.to_be_bytes().to_vec(); // copy range

@@ -419,17 +419,15 @@ fn done(b: Batch) -> Encoded {
 /// (learned addresses start empty).
 pub fn full(policy: &Policy, opts: &Options, seq: u32) -> Encoded {
     let mut b = Batch::new(seq);
-    let t = table_attrs();
     // add + delete + add: replaces the table whether or not it exists, in one transaction.
+    delete_table(&mut b);
     b.add(
         msg::NEWTABLE,
         NLM_F_CREATE,
         family::INET,
-        &t,
-        "table (ensure)",
+        &table_attrs(),
+        "table",
     );
-    b.add(msg::DELTABLE, 0, family::INET, &t, "table (delete)");
-    b.add(msg::NEWTABLE, NLM_F_CREATE, family::INET, &t, "table");
     if opts.filter {
         for (id, (name, v4, flags, timeout)) in (1..).zip(SETS) {
             add_set(&mut b, name, id, v4, flags, timeout);
@@ -664,10 +662,15 @@ pub fn learn(addrs: &[(IpAddr, u64)], seq: u32) -> Encoded {
 }
 
 /// The batch that removes the ruleset.
-pub fn teardown(seq: u32) -> (Vec<u8>, Vec<(u32, String)>) {
+pub fn teardown(seq: u32) -> Encoded {
     let mut b = Batch::new(seq);
-    let mut t = Attrs::default();
-    t.str(attr::TABLE_NAME, TABLE);
+    delete_table(&mut b);
+    done(b)
+}
+
+/// Deletes the table whether or not it exists (add, then delete).
+fn delete_table(b: &mut Batch) {
+    let t = table_attrs();
     b.add(
         msg::NEWTABLE,
         NLM_F_CREATE,
@@ -676,8 +679,6 @@ pub fn teardown(seq: u32) -> (Vec<u8>, Vec<(u32, String)>) {
         "table (ensure)",
     );
     b.add(msg::DELTABLE, 0, family::INET, &t, "table (delete)");
-    let (bytes, _, what) = b.finish();
-    (bytes, what)
 }
 
 #[cfg(test)]

@@ -40,6 +40,21 @@ pub enum NftError {
     NoAnswer(usize),
 }
 
+/// A bound `NETLINK_NETFILTER` socket with a receive buffer of `rcvbuf`
+/// bytes (forced past the system limit when allowed).
+pub(crate) fn netfilter_socket(rcvbuf: usize) -> Result<OwnedFd, Errno> {
+    let fd = socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkNetFilter,
+    )?;
+    bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))?;
+    let _ = setsockopt(&fd, sockopt::RcvBufForce, &rcvbuf)
+        .or_else(|_| setsockopt(&fd, sockopt::RcvBuf, &rcvbuf));
+    Ok(fd)
+}
+
 /// A netlink socket to nf_tables.
 #[derive(Debug)]
 pub struct Socket {
@@ -49,17 +64,9 @@ pub struct Socket {
 impl Socket {
     /// Opens a socket in the calling thread's network namespace.
     pub fn open() -> Result<Self, NftError> {
-        let fd = socket(
-            AddressFamily::Netlink,
-            SockType::Raw,
-            SockFlag::SOCK_CLOEXEC,
-            SockProtocol::NetlinkNetFilter,
-        )?;
-        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))?;
+        let fd = netfilter_socket(BUFFER)?;
         let _ = setsockopt(&fd, sockopt::SndBufForce, &BUFFER)
             .or_else(|_| setsockopt(&fd, sockopt::SndBuf, &BUFFER));
-        let _ = setsockopt(&fd, sockopt::RcvBufForce, &BUFFER)
-            .or_else(|_| setsockopt(&fd, sockopt::RcvBuf, &BUFFER));
         let tv = TimeVal::new(i64::try_from(ANSWER_TIMEOUT.as_secs()).unwrap_or(5), 0);
         setsockopt(&fd, sockopt::ReceiveTimeout, &tv)?;
         Ok(Self { fd })
