@@ -88,7 +88,7 @@ if own_cgroup.is_none() && cfg.redirect {
         }
         // Order matters: the proxy listens before DNS is redirected to it, and
         // the policy is in the kernel before the API (and /healthz) answers.
-        let proxy = Proxy::new(state.clone(), upstreams.clone(), cfg.dns_upstream_timeout);
+        let proxy = Proxy::new(state.clone(), upstreams.clone(), cfg.dns_upstream_timeout).await;
         let dns = proxy
             .serve(cfg.dns_addr)
             .await

@@ -6,6 +6,9 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
+use std::sync::Arc;
+
+use super::upstream::UdpUpstream;
 use super::Transport;
 
 /// RCODE of a DNS message (low 4 bits of byte 3).
@@ -16,17 +19,20 @@ fn rcode(msg: &[u8]) -> u8 {
 /// Sends `query` to each upstream in order until one answers NOERROR or
 /// NXDOMAIN; returns that answer.
 pub(super) async fn exchange(
-    upstreams: &[SocketAddr],
+    upstreams: &[(SocketAddr, Option<Arc<UdpUpstream>>)],
     query: &[u8],
     transport: Transport,
     timeout: Duration,
 ) -> Option<Vec<u8>> {
-    for up in upstreams {
+    for (up, shared) in upstreams {
         // A truncated answer goes back to a UDP client as it is (the client
         // then asks again over TCP, which is forwarded over TCP); a TCP
         // client never gets one, because its query goes over TCP.
         let answer = match transport {
-            Transport::Udp => udp(*up, query, timeout).await,
+            Transport::Udp => match shared {
+                Some(s) => s.exchange(query, timeout).await,
+                None => udp(*up, query, timeout).await,
+            },
             Transport::Tcp => tcp(*up, query, timeout).await,
         };
         match answer {

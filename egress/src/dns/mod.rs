@@ -8,6 +8,7 @@
 
 mod forward;
 pub mod probe;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,6 +32,7 @@ pub struct Proxy {
     state: Arc<State>,
     upstreams: Vec<SocketAddr>,
     active: Arc<std::sync::RwLock<Vec<SocketAddr>>>,
+    shared: std::collections::HashMap<SocketAddr, Arc<upstream::UdpUpstream>>,
     timeout: Duration,
 }
 
@@ -45,11 +47,24 @@ pub enum Transport {
 
 impl Proxy {
     /// A proxy deciding with `state` and forwarding to `upstreams`.
-    pub fn new(state: Arc<State>, upstreams: Vec<SocketAddr>, timeout: Duration) -> Arc<Self> {
+    pub async fn new(
+        state: Arc<State>,
+        upstreams: Vec<SocketAddr>,
+        timeout: Duration,
+    ) -> Arc<Self> {
+        let mut shared = std::collections::HashMap::new();
+        for up in &upstreams {
+            // Without a shared socket (say the family is unavailable), that
+            // upstream gets a socket per query.
+            if let Ok(s) = upstream::UdpUpstream::connect(*up).await {
+                shared.insert(*up, s);
+            }
+        }
         Arc::new(Self {
             state,
             active: Arc::new(std::sync::RwLock::new(upstreams.clone())),
             upstreams,
+            shared,
             timeout,
         })
     }
@@ -170,11 +185,13 @@ impl Proxy {
                 .dns_refused(&shown, decision.target.as_deref());
             return reply(&msg, ResponseCode::NXDomain);
         }
-        let upstreams = self
+        let upstreams: Vec<(SocketAddr, Option<Arc<upstream::UdpUpstream>>)> = self
             .active
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+            .iter()
+            .map(|up| (*up, self.shared.get(up).cloned()))
+            .collect();
         match forward::exchange(&upstreams, query, transport, self.timeout).await {
             Some(answer) => {
                 // dns+nft: the answer's addresses are allowed in the kernel
