@@ -113,6 +113,17 @@ if own_cgroup.is_none() && cfg.redirect {
         }
         state.enforce().context("apply the initial policy")?;
         {
+            // Keep denied names' addresses blocked (default-allow policies):
+            // after every change, and every 30 s for changed answers.
+            let (proxy, st) = (proxy.clone(), state.clone());
+            tokio::spawn(async move {
+                loop {
+                    proxy.block_denied_names().await;
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(30), st.changed.notified()).await;
+                }
+            });
+        }
+        {
             let st = state.clone();
             let (dir, every) = (cfg.rules_dir.clone(), cfg.rules_reload);
             tokio::spawn(async move {

@@ -36,6 +36,8 @@ pub struct State {
     pub events: Events,
     policy_file: Option<PathBuf>,
     firewall: Box<dyn Firewall>,
+    /// Signalled after every policy change.
+    pub changed: tokio::sync::Notify,
 }
 
 impl State {
@@ -56,6 +58,7 @@ impl State {
             events: Events::new(events_max),
             policy_file,
             firewall,
+            changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -143,6 +146,7 @@ impl State {
             .current
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = (Arc::new(policy), m);
+        self.changed.notify_one();
         Ok(())
     }
 }

@@ -362,3 +362,30 @@ fn dns_mode_redirects_without_filtering() {
         assert_eq!(v["enforcementMode"], "dns");
     });
 }
+
+#[test]
+fn default_allow_denied_names_are_unreachable_without_asking_egress() {
+    if skip("default_allow_denied_names_are_unreachable_without_asking_egress") {
+        return;
+    }
+    // A client that resolved the name elsewhere (DNS over HTTPS, say) and
+    // dials its address directly.
+    let rules = r#"{"defaultAction":"allow","egress":[{"action":"deny","target":"denied.test"}]}"#;
+    scenario("doh", rules, |e| {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while fetch(B).is_some() {
+            assert!(
+                Instant::now() < deadline,
+                "a denied name's address stayed reachable"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(fetch(A), Some(hello(A)), "other addresses stay reachable");
+        // Allowing the name again opens its address at once.
+        assert_eq!(
+            e.json("DELETE", "/policy", Some(r#"["denied.test"]"#)).0,
+            200
+        );
+        assert_eq!(fetch(B), Some(hello(B)));
+    });
+}

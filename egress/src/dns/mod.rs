@@ -183,15 +183,10 @@ impl Proxy {
             self.state
                 .events
                 .dns_refused(&shown, decision.target.as_deref());
+            self.block_in_background(query);
             return reply(&msg, ResponseCode::NXDomain);
         }
-        let upstreams: Vec<(SocketAddr, Option<Arc<upstream::UdpUpstream>>)> = self
-            .active
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .map(|up| (*up, self.shared.get(up).cloned()))
-            .collect();
+        let upstreams = self.upstream_list();
         match forward::exchange(&upstreams, query, transport, self.timeout).await {
             Some(answer) => {
                 // dns+nft: the answer's addresses are allowed in the kernel
@@ -211,6 +206,82 @@ impl Proxy {
             None => {
                 tracing::warn!(event = "egress.outbound", domain = %name, error = "all upstreams failed", "SERVFAIL");
                 reply(&msg, ResponseCode::ServFail)
+            }
+        }
+    }
+}
+
+impl Proxy {
+    /// Under a default-allow policy, a denied name's addresses are dropped
+    /// too (its queries still get NXDOMAIN): resolves `query` upstream in
+    /// the background and blocks what comes back.
+    fn block_in_background(&self, query: &[u8]) {
+        let m = self.state.matcher();
+        if !self.state.firewall().learns() || m.policy().default_action != Action::Allow {
+            return;
+        }
+        let upstreams = self.upstream_list();
+        let (state, query, timeout) = (self.state.clone(), query.to_vec(), self.timeout);
+        tokio::spawn(async move {
+            if let Some(answer) =
+                forward::exchange(&upstreams, &query, Transport::Udp, timeout).await
+            {
+                if let Err(e) = state.firewall().block(&answer_addrs(&answer)) {
+                    tracing::warn!(error = %e, "cannot block a denied name's addresses");
+                }
+            }
+        });
+    }
+
+    fn upstream_list(&self) -> Vec<(SocketAddr, Option<Arc<upstream::UdpUpstream>>)> {
+        self.active
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|up| (*up, self.shared.get(up).cloned()))
+            .collect()
+    }
+
+    /// Resolves the exact names the policy denies (A and AAAA) and blocks
+    /// their addresses, so that a client that never asks egress (DNS over
+    /// HTTPS, a hard-coded address) cannot reach them under a default-allow
+    /// policy. Wildcards cannot be enumerated; at most 256 names.
+    pub async fn block_denied_names(&self) {
+        let m = self.state.matcher();
+        if !self.state.firewall().learns() || m.policy().default_action != Action::Allow {
+            return;
+        }
+        let names: Vec<String> = m
+            .policy()
+            .egress
+            .iter()
+            .filter(|r| r.action == Action::Deny)
+            .filter_map(|r| match &r.parsed {
+                crate::policy::Target::Domain(d) => Some(d.clone()),
+                _ => None,
+            })
+            .take(256)
+            .collect();
+        let upstreams = self.upstream_list();
+        for name in names {
+            for rtype in [
+                hickory_proto::rr::RecordType::A,
+                hickory_proto::rr::RecordType::AAAA,
+            ] {
+                let Ok(qname) = hickory_proto::rr::Name::from_ascii(format!("{name}.")) else {
+                    continue;
+                };
+                let mut q = Message::query();
+                q.metadata.recursion_desired = true;
+                q.add_query(hickory_proto::op::Query::query(qname, rtype));
+                let Ok(bytes) = q.to_vec() else { continue };
+                if let Some(answer) =
+                    forward::exchange(&upstreams, &bytes, Transport::Udp, self.timeout).await
+                {
+                    if let Err(e) = self.state.firewall().block(&answer_addrs(&answer)) {
+                        tracing::warn!(error = %e, name, "cannot block a denied name's addresses");
+                    }
+                }
             }
         }
     }

@@ -34,6 +34,11 @@ pub trait Firewall: Send + Sync + std::fmt::Debug {
     fn learn(&self, name: &str, addrs: &[(IpAddr, u32)]) -> Result<(), NftError>;
     /// Whether DNS answers need to be learned at all.
     fn learns(&self) -> bool;
+    /// Drops traffic to the addresses a denied name resolves to, each for
+    /// its TTL in seconds (for default-allow policies).
+    fn block(&self, _addrs: &[(IpAddr, u32)]) -> Result<(), NftError> {
+        Ok(())
+    }
 }
 
 /// `dns` mode: nothing in the kernel.
@@ -204,6 +209,17 @@ impl Firewall for Nft {
     fn learns(&self) -> bool {
         // `dns` mode has only the redirect: nothing to learn into.
         self.opts.filter
+    }
+
+    fn block(&self, addrs: &[(IpAddr, u32)]) -> Result<(), NftError> {
+        if !self.opts.filter || addrs.is_empty() {
+            return Ok(());
+        }
+        let with_ms: Vec<(IpAddr, u64)> = addrs
+            .iter()
+            .map(|(ip, t)| (*ip, u64::from((*t).max(1)) * 1000))
+            .collect();
+        self.send(|seq| ruleset::learn_into("dyn_deny", &with_ms, seq))
     }
 }
 

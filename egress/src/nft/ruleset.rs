@@ -229,7 +229,7 @@ pub enum DohBlock {
 /// Name of the DNS redirect chain.
 pub const REDIRECT_CHAIN: &str = "dns_redirect";
 
-const SETS: [(&str, bool, u32, Option<u64>); 6] = [
+const SETS: [(&str, bool, u32, Option<u64>); 8] = [
     ("allow_v4", true, set_flags::INTERVAL, None),
     ("deny_v4", true, set_flags::INTERVAL, None),
     ("allow_v6", false, set_flags::INTERVAL, None),
@@ -242,6 +242,18 @@ const SETS: [(&str, bool, u32, Option<u64>); 6] = [
     ),
     (
         "dyn_allow_v6",
+        false,
+        set_flags::TIMEOUT,
+        Some(DYN_TIMEOUT_MS),
+    ),
+    (
+        "dyn_deny_v4",
+        true,
+        set_flags::TIMEOUT,
+        Some(DYN_TIMEOUT_MS),
+    ),
+    (
+        "dyn_deny_v6",
         false,
         set_flags::TIMEOUT,
         Some(DYN_TIMEOUT_MS),
@@ -373,6 +385,11 @@ fn chain_and_rules(b: &mut Batch, policy: &Policy, opts: &Options, flush: bool) 
     for (set, verdict) in [
         ("deny", Verdict::Drop),
         ("dyn_allow", Verdict::Accept),
+        // Addresses of denied names (a default-allow policy must not let a
+        // client that resolved a denied name elsewhere, say over DNS over
+        // HTTPS, connect to it); after dyn_allow, so that an address an
+        // allowed name also uses stays reachable.
+        ("dyn_deny", Verdict::Drop),
         ("allow", Verdict::Accept),
     ] {
         for (nfproto, offset, len, suffix) in
@@ -599,16 +616,28 @@ pub fn update(policy: &Policy, opts: &Options, forget: &[IpAddr], seq: u32) -> E
     static_elements(&mut b, policy, opts);
     dyn_elements(
         &mut b,
+        "dyn_allow",
         msg::DELSETELEM,
         &forget.iter().map(|ip| (*ip, None)).collect::<Vec<_>>(),
     );
+    // Denied names' addresses are re-learned for the new policy.
+    for set in ["dyn_deny_v4", "dyn_deny_v6"] {
+        let mut f = Attrs::default();
+        f.str(attr::SET_ELEM_LIST_TABLE, TABLE)
+            .str(attr::SET_ELEM_LIST_SET, set);
+        b.add(msg::DELSETELEM, 0, family::INET, &f, format!("flush {set}"));
+    }
     chain_and_rules(&mut b, policy, opts, true);
     done(b)
 }
 
 /// Adds one element message per family to a dynamic set.
-fn dyn_elements(b: &mut Batch, ty: u16, addrs: &[(IpAddr, Option<u64>)]) {
-    for (set, v4) in [("dyn_allow_v4", true), ("dyn_allow_v6", false)] {
+fn dyn_elements(b: &mut Batch, prefix: &str, ty: u16, addrs: &[(IpAddr, Option<u64>)]) {
+    for (set, v4) in [
+        (format!("{prefix}_v4"), true),
+        (format!("{prefix}_v6"), false),
+    ] {
+        let set = set.as_str();
         let all: Vec<&(IpAddr, Option<u64>)> =
             addrs.iter().filter(|(ip, _)| ip.is_ipv4() == v4).collect();
         for mine in all.chunks(ELEMENTS_PER_MESSAGE) {
@@ -652,12 +681,17 @@ fn dyn_elements(b: &mut Batch, ty: u16, addrs: &[(IpAddr, Option<u64>)]) {
 /// refreshing the timeout of those already there: add, delete, add (a plain
 /// re-add does not refresh the timeout on older kernels).
 pub fn learn(addrs: &[(IpAddr, u64)], seq: u32) -> Encoded {
+    learn_into("dyn_allow", addrs, seq)
+}
+
+/// Like [`learn`], into `dyn_allow` or `dyn_deny`.
+pub fn learn_into(prefix: &str, addrs: &[(IpAddr, u64)], seq: u32) -> Encoded {
     let mut b = Batch::new(seq);
     let with: Vec<(IpAddr, Option<u64>)> = addrs.iter().map(|(ip, t)| (*ip, Some(*t))).collect();
     let without: Vec<(IpAddr, Option<u64>)> = addrs.iter().map(|(ip, _)| (*ip, None)).collect();
-    dyn_elements(&mut b, msg::NEWSETELEM, &with);
-    dyn_elements(&mut b, msg::DELSETELEM, &without);
-    dyn_elements(&mut b, msg::NEWSETELEM, &with);
+    dyn_elements(&mut b, prefix, msg::NEWSETELEM, &with);
+    dyn_elements(&mut b, prefix, msg::DELSETELEM, &without);
+    dyn_elements(&mut b, prefix, msg::NEWSETELEM, &with);
     done(b)
 }
 
