@@ -289,3 +289,38 @@ fn thousands_of_separate_addresses_fit_in_one_batch() {
         assert!(!can_send("10.23.249.2:9"));
     });
 }
+
+#[test]
+fn ipv6_sets_enforce() {
+    if !is_root() {
+        eprintln!("SKIPPED ipv6_sets_enforce: needs root (CI runs as root)");
+        return;
+    }
+    in_netns(|| {
+        net_up();
+        sh("ip -6 addr add 2001:db8:ffff::1/64 dev v0 nodad && ip -6 route add default via 2001:db8:ffff::2 dev v0 \
+            && ip -6 neigh add 2001:db8:ffff::2 lladdr 02:00:00:00:00:02 dev v0 nud permanent");
+        let policy = Policy::parse(
+            br#"{"defaultAction":"deny","egress":[
+                {"action":"allow","target":"2001:db8:1::/48"},
+                {"action":"deny","target":"2001:db8:1:2::/64"},
+                {"action":"allow","target":"2001:db8:9::9"}]}"#,
+        )
+        .unwrap();
+        apply_full(&policy, &filter_only()).unwrap();
+        assert!(can_send("[2001:db8:1:1::1]:9"));
+        assert!(!can_send("[2001:db8:1:2::1]:9"), "deny beats allow");
+        assert!(can_send("[2001:db8:9::9]:9"));
+        assert!(!can_send("[2001:db8:9::8]:9"));
+        assert!(!can_send("[2001:db8:2::1]:9"), "default deny");
+        // Learned IPv6 answers open exactly their address.
+        use egress::nft::{Firewall, Nft};
+        use egress::policy::matcher::Matcher;
+        let fw = Nft::new(filter_only()).unwrap();
+        fw.apply(&Matcher::new(policy)).unwrap();
+        fw.learn("v6.test.", &[("2001:db8:5::5".parse().unwrap(), 60)])
+            .unwrap();
+        assert!(can_send("[2001:db8:5::5]:443"));
+        assert!(!can_send("[2001:db8:5::6]:443"));
+    });
+}
