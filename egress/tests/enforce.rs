@@ -296,3 +296,42 @@ fn redirect_without_a_cgroup_of_its_own_refuses_to_start() {
     .join()
     .unwrap();
 }
+
+#[test]
+fn ipv6_dns_is_redirected_too() {
+    if skip("ipv6_dns_is_redirected_too") {
+        return;
+    }
+    let cg = Cgroup::new("v6dns").unwrap();
+    let ns = Netns::new("v6dns");
+    std::thread::spawn(move || {
+        ns.enter();
+        let st = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("ip -6 addr add 2001:db8:ffff::1/64 dev v0 nodad && ip -6 route add default via 2001:db8:ffff::2 dev v0 \
+                  && ip -6 neigh add 2001:db8:ffff::2 lladdr 02:00:00:00:00:02 dev v0 nud permanent")
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let w = world();
+        let upstream = w.addr.to_string();
+        let e = egress_in(
+            &[
+                ("OPENSANDBOX_EGRESS_MODE", "dns+nft"),
+                ("OPENSANDBOX_EGRESS_REDIRECT", "on"),
+                ("OPENSANDBOX_EGRESS_DNS_UPSTREAM", &upstream),
+                ("OPENSANDBOX_EGRESS_RULES", RULES),
+            ],
+            &cg.path,
+        );
+        // A query to an IPv6 resolver address lands on the proxy's [::1]
+        // listener (upstream redirected it to [::1] with nothing listening).
+        let m = dns_udp("[2001:db8:ffff::53]:53".parse().unwrap(), "allowed.test.", hickory_proto::rr::RecordType::A);
+        assert_eq!(addrs(&m), [Ipv4Addr::new(10, 0, 0, 1)]);
+        let m = dns_udp("[2001:db8:ffff::53]:53".parse().unwrap(), "denied.test.", hickory_proto::rr::RecordType::A);
+        assert_eq!(rcode(&m), ResponseCode::NXDomain);
+        drop(e);
+    })
+    .join()
+    .unwrap();
+}

@@ -22,7 +22,12 @@ pub fn query(name: &str, rtype: RecordType) -> Vec<u8> {
 
 /// Asks `server` over UDP and returns the answer (checking its ID).
 pub fn dns_udp(server: SocketAddr, name: &str, rtype: RecordType) -> Message {
-    let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+    let s = UdpSocket::bind(if server.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    })
+    .unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let q = query(name, rtype);
     s.send_to(&q, server).unwrap();

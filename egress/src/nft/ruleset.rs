@@ -372,6 +372,11 @@ fn chain_and_rules(b: &mut Batch, policy: &Policy, opts: &Options, flush: bool) 
             .cmp(true, b"lo\0")
             .verdict(Verdict::Accept);
     });
+    // An IPv6 query redirected to the proxy at [::1] still carries its
+    // original output interface here; ::1 never leaves the host.
+    add_rule(b, "ip6 daddr ::1 accept", |x| {
+        daddr_is(x, IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)).verdict(Verdict::Accept);
+    });
     for (proto, name) in [(6u8, "tcp"), (17u8, "udp")] {
         add_rule(b, &format!("{name} dport 853 drop"), |x| {
             x.meta(MetaKey::L4Proto)
