@@ -88,7 +88,10 @@ if own_cgroup.is_none() && cfg.redirect {
         }
         // Order matters: the proxy listens before DNS is redirected to it, and
         // the policy is in the kernel before the API (and /healthz) answers.
-        let proxy = Proxy::new(state.clone(), upstreams.clone(), cfg.dns_upstream_timeout).await;
+        let log_skip = egress::policy::always::load_log_skip(&cfg.rules_dir)
+            .map_err(anyhow::Error::msg)
+            .context("log_skip.always")?;
+        let proxy = Proxy::new(state.clone(), upstreams.clone(), cfg.dns_upstream_timeout, log_skip).await;
         let dns = proxy
             .serve(cfg.dns_addr)
             .await

@@ -427,3 +427,67 @@ fn probes_take_a_silent_upstream_out_of_rotation() {
         "queries skipped the unhealthy upstream: {asked:?}"
     );
 }
+
+#[test]
+fn outbound_lines_are_logged_except_log_skip_names() {
+    use std::io::Read;
+    let w = FakeResolver::start(&[
+        ("loud.test", vec![Ipv4Addr::new(10, 0, 0, 8)]),
+        ("quiet.test", vec![Ipv4Addr::new(10, 0, 0, 9)]),
+    ]);
+    let dir = std::env::temp_dir().join(format!("egress-logskip-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("log_skip.always"), "quiet.test\n").unwrap();
+    let dns = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut child = std::process::Command::new(bin())
+        .env("OPENSANDBOX_EGRESS_REDIRECT", "off")
+        .env("OPENSANDBOX_EGRESS_HTTP_ADDR", "127.0.0.1:0")
+        .env("OPENSANDBOX_EGRESS_DNS_ADDR", dns.to_string())
+        .env("OPENSANDBOX_EGRESS_DNS_UPSTREAM", w.addr.to_string())
+        .env("OPENSANDBOX_EGRESS_RULES", r#"{"defaultAction":"allow"}"#)
+        .env("OPENSANDBOX_EGRESS_RULES_DIR", &dir)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+            .unwrap();
+        s.send_to(&query("loud.test.", hickory_proto::rr::RecordType::A), dns)
+            .unwrap();
+        if s.recv(&mut [0u8; 512]).is_ok() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "egress did not start");
+    }
+    assert_eq!(
+        addrs(&dns_udp(
+            dns,
+            "quiet.test.",
+            hickory_proto::rr::RecordType::A
+        )),
+        [Ipv4Addr::new(10, 0, 0, 9)]
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    child.kill().unwrap();
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child.wait().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        out.lines().any(|l| l.contains("egress.outbound")
+            && l.contains("loud.test")
+            && l.contains("10.0.0.8")),
+        "{out}"
+    );
+    assert!(!out.contains("quiet.test"), "{out}");
+}

@@ -34,6 +34,32 @@ pub struct Proxy {
     active: Arc<std::sync::RwLock<Vec<SocketAddr>>>,
     shared: std::collections::HashMap<SocketAddr, Arc<upstream::UdpUpstream>>,
     timeout: Duration,
+    log_skip: Option<crate::policy::matcher::Matcher>,
+    sampler: Sampler,
+}
+
+/// Lets through the first [`Sampler::PER_SECOND`] log lines of each second,
+/// then every 100th (as upstream's logger samples `egress outbound`).
+#[derive(Debug, Default)]
+struct Sampler {
+    second: std::sync::atomic::AtomicU64,
+    count: std::sync::atomic::AtomicU64,
+}
+
+impl Sampler {
+    const PER_SECOND: u64 = 100;
+
+    fn allow(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if self.second.swap(now, Relaxed) != now {
+            self.count.store(0, Relaxed);
+        }
+        let n = self.count.fetch_add(1, Relaxed);
+        n < Self::PER_SECOND || (n - Self::PER_SECOND) % 100 == 99
+    }
 }
 
 /// How a query arrived.
@@ -51,6 +77,7 @@ impl Proxy {
         state: Arc<State>,
         upstreams: Vec<SocketAddr>,
         timeout: Duration,
+        log_skip: Option<crate::policy::matcher::Matcher>,
     ) -> Arc<Self> {
         let mut shared = std::collections::HashMap::new();
         for up in &upstreams {
@@ -66,6 +93,8 @@ impl Proxy {
             upstreams,
             shared,
             timeout,
+            log_skip,
+            sampler: Sampler::default(),
         })
     }
 
@@ -200,7 +229,18 @@ impl Proxy {
                         return reply(&msg, ResponseCode::ServFail);
                     }
                 }
-                tracing::debug!(event = "egress.outbound", domain = %name, "forwarded");
+                let skipped = self
+                    .log_skip
+                    .as_ref()
+                    .is_some_and(|m| m.decide_name(&name).rule.is_some());
+                if !skipped && self.sampler.allow() {
+                    let host = name.strip_suffix('.').unwrap_or(&name);
+                    let ips: Vec<String> = answer_addrs(&answer)
+                        .iter()
+                        .map(|(ip, _)| ip.to_string())
+                        .collect();
+                    tracing::info!(event = "egress.outbound", target.host = host, target.ips = ?ips, "egress outbound");
+                }
                 Some(answer)
             }
             None => {

@@ -87,6 +87,35 @@ impl Always {
     }
 }
 
+/// Reads `log_skip.always` from `dir`: names (exact or `*.` wildcard) whose
+/// successful lookups are not logged. An IP or CIDR line is an error, as
+/// upstream. None when the file is missing or empty.
+pub fn load_log_skip(dir: &Path) -> Result<Option<super::matcher::Matcher>, String> {
+    let path = dir.join("log_skip.always");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let rules = parse(&text, Action::Allow, &path.display().to_string())?;
+    if let Some(r) = rules
+        .iter()
+        .find(|r| matches!(r.parsed, super::Target::Ip(_) | super::Target::Cidr(..)))
+    {
+        return Err(format!(
+            "{}: {:?}: only names, not addresses",
+            path.display(),
+            r.target
+        ));
+    }
+    Ok((!rules.is_empty()).then(|| {
+        super::matcher::Matcher::new(Policy {
+            default_action: Action::Deny,
+            egress: rules,
+        })
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +149,17 @@ mod tests {
         assert!(Always::load(&dir).unwrap_err().contains("allow.always:1"));
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(Always::load(&dir).unwrap().rules, vec![]);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("log_skip.always"),
+            "*.noisy.example\nquiet.example\n",
+        )
+        .unwrap();
+        let skip = load_log_skip(&dir).unwrap().unwrap();
+        assert!(skip.decide_name("a.noisy.example.").rule.is_some());
+        assert!(skip.decide_name("other.example").rule.is_none());
+        std::fs::write(dir.join("log_skip.always"), "10.0.0.1\n").unwrap();
+        assert!(load_log_skip(&dir).unwrap_err().contains("only names"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
