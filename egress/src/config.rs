@@ -93,6 +93,8 @@ pub struct Config {
     pub dns_probe_interval: Duration,
     /// `OPENSANDBOX_EGRESS_DENY_WEBHOOK`: URL told about every refused name.
     pub deny_webhook: Option<String>,
+    /// `OPENSANDBOX_EGRESS_DENY_WEBHOOK_CA` (extension): extra trusted roots (PEM) for an https webhook.
+    pub deny_webhook_ca: Option<PathBuf>,
     /// `OPENSANDBOX_EGRESS_SANDBOX_ID`: `sandboxId` in webhook events.
     pub sandbox_id: String,
 }
@@ -238,6 +240,7 @@ impl Config {
             ),
             deny_webhook: get("OPENSANDBOX_EGRESS_DENY_WEBHOOK"),
             sandbox_id: get("OPENSANDBOX_EGRESS_SANDBOX_ID").unwrap_or_default(),
+            deny_webhook_ca: get("OPENSANDBOX_EGRESS_DENY_WEBHOOK_CA").map(PathBuf::from),
             block_doh_443: matches!(
                 get("OPENSANDBOX_EGRESS_BLOCK_DOH_443")
                     .map(|v| v.to_ascii_lowercase())

@@ -84,7 +84,10 @@ if own_cgroup.is_none() && cfg.redirect {
             .context("OPENSANDBOX_EGRESS_DENY_WEBHOOK")?;
         let state = Arc::new(State::new(policy, always, cfg.events_max, cfg.policy_file.clone(), firewall));
         if let Some(target) = webhook {
-            state.events.set_webhook(egress::webhook::start(target, cfg.sandbox_id.clone()));
+            let tls = egress::webhook::tls_config(cfg.deny_webhook_ca.as_deref())
+                .map_err(anyhow::Error::msg)
+                .context("OPENSANDBOX_EGRESS_DENY_WEBHOOK_CA")?;
+            state.events.set_webhook(egress::webhook::start(target, cfg.sandbox_id.clone(), tls));
         }
         // Order matters: the proxy listens before DNS is redirected to it, and
         // the policy is in the kernel before the API (and /healthz) answers.

@@ -1,9 +1,11 @@
-//! The denied-hostname webhook (`OPENSANDBOX_EGRESS_DENY_WEBHOOK`), as
+//! The denied-hostname webhook (`OPENSANDBOX_EGRESS_DENY_WEBHOOK`, http or
+//! https with rustls), as
 //! upstream: one POST per refused name, JSON
 //! `{"hostname","timestamp","source":"opensandbox-egress","sandboxId"}`,
 //! 5 s per attempt, retried after 1, 2 and 4 s on 5xx or network errors;
 //! a bounded queue (256) that drops (with a warning) rather than blocks DNS.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -17,19 +19,26 @@ pub const QUEUE: usize = 256;
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF: [u64; 3] = [1, 2, 4];
 
-/// An `http://host[:port]/path` URL.
+/// An `http(s)://host[:port]/path` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     host: String,
     port: u16,
     path: String,
+    tls: bool,
 }
 
-/// Parses the webhook URL; only plain `http://` is supported for now.
+/// Parses the webhook URL (`http://` or `https://`).
 pub fn parse_url(url: &str) -> Result<Target, String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        format!("{url:?}: only http:// webhooks are supported (https comes with the TLS work)")
-    })?;
+    let (rest, tls) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+        (Some(r), _) => (r, false),
+        (_, Some(r)) => (r, true),
+        _ => {
+            return Err(format!(
+                "{url:?}: the webhook URL must start with http:// or https://"
+            ))
+        }
+    };
     let (authority, path) = rest
         .split_once('/')
         .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
@@ -38,12 +47,46 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
             h.trim_matches(['[', ']']).to_string(),
             p.parse().map_err(|_| format!("{url:?}: bad port"))?,
         ),
-        _ => (authority.trim_matches(['[', ']']).to_string(), 80),
+        _ => (
+            authority.trim_matches(['[', ']']).to_string(),
+            if tls { 443 } else { 80 },
+        ),
     };
     if host.is_empty() {
         return Err(format!("{url:?}: no host"));
     }
-    Ok(Target { host, port, path })
+    Ok(Target {
+        host,
+        port,
+        path,
+        tls,
+    })
+}
+
+/// The TLS client configuration for an https webhook: the Mozilla roots
+/// (webpki-roots), plus the PEM certificates in `extra_ca` if given
+/// (`OPENSANDBOX_EGRESS_DENY_WEBHOOK_CA`).
+pub fn tls_config(extra_ca: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = extra_ca {
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        for c in certs {
+            roots
+                .add(c.map_err(|e| format!("{}: {e}", path.display()))?)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 #[derive(Serialize)]
@@ -79,7 +122,11 @@ fn rfc3339_seconds(t: SystemTime) -> String {
 }
 
 /// Starts the worker; returns the queue to send refused hostnames to.
-pub fn start(target: Target, sandbox_id: String) -> mpsc::Sender<String> {
+pub fn start(
+    target: Target,
+    sandbox_id: String,
+    tls: Arc<rustls::ClientConfig>,
+) -> mpsc::Sender<String> {
     let (tx, mut rx) = mpsc::channel::<String>(QUEUE);
     tokio::spawn(async move {
         while let Some(hostname) = rx.recv().await {
@@ -91,7 +138,7 @@ pub fn start(target: Target, sandbox_id: String) -> mpsc::Sender<String> {
             })
             .unwrap_or_default();
             for attempt in 0..=BACKOFF.len() {
-                match tokio::time::timeout(ATTEMPT_TIMEOUT, post(&target, &body)).await {
+                match tokio::time::timeout(ATTEMPT_TIMEOUT, post(&target, &body, &tls)).await {
                     Ok(Ok(status)) if (200..300).contains(&status) => break,
                     Ok(Ok(status)) if status < 500 => {
                         tracing::warn!(status, %hostname, "deny webhook refused the event");
@@ -117,11 +164,27 @@ pub fn start(target: Target, sandbox_id: String) -> mpsc::Sender<String> {
     tx
 }
 
-async fn post(t: &Target, body: &[u8]) -> Result<u16, String> {
+async fn post(t: &Target, body: &[u8], tls: &Arc<rustls::ClientConfig>) -> Result<u16, String> {
     let stream = tokio::net::TcpStream::connect((t.host.as_str(), t.port))
         .await
         .map_err(|e| e.to_string())?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    if !t.tls {
+        return send_over(TokioIo::new(stream), t, body).await;
+    }
+    let name =
+        rustls::pki_types::ServerName::try_from(t.host.clone()).map_err(|e| e.to_string())?;
+    let stream = tokio_rustls::TlsConnector::from(tls.clone())
+        .connect(name, stream)
+        .await
+        .map_err(|e| format!("tls: {e}"))?;
+    send_over(TokioIo::new(stream), t, body).await
+}
+
+async fn send_over<I>(io: I, t: &Target, body: &[u8]) -> Result<u16, String>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut send, conn) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
@@ -138,25 +201,27 @@ async fn post(t: &Target, body: &[u8]) -> Result<u16, String> {
 mod tests {
     use super::*;
 
+    fn t(host: &str, port: u16, path: &str, tls: bool) -> Target {
+        Target {
+            host: host.into(),
+            port,
+            path: path.into(),
+            tls,
+        }
+    }
+
     #[test]
     fn urls() {
         assert_eq!(
             parse_url("http://hooks.example:8080/a/b").unwrap(),
-            Target {
-                host: "hooks.example".into(),
-                port: 8080,
-                path: "/a/b".into()
-            }
+            t("hooks.example", 8080, "/a/b", false)
         );
         assert_eq!(
             parse_url("http://10.0.0.1").unwrap(),
-            Target {
-                host: "10.0.0.1".into(),
-                port: 80,
-                path: "/".into()
-            }
+            t("10.0.0.1", 80, "/", false)
         );
-        assert!(parse_url("https://x").is_err());
+        assert_eq!(parse_url("https://x/h").unwrap(), t("x", 443, "/h", true));
+        assert!(parse_url("ftp://x").is_err());
         assert!(parse_url("http://:80/").is_err());
     }
 

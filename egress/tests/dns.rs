@@ -491,3 +491,83 @@ fn outbound_lines_are_logged_except_log_skip_names() {
     );
     assert!(!out.contains("quiet.test"), "{out}");
 }
+
+#[test]
+fn https_deny_webhook_with_an_extra_root() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::sync::{Arc, Mutex};
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("egress-hook-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, cert.pem()).unwrap();
+    let server_config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap(),
+    );
+    let hook = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = hook.local_addr().unwrap().port();
+    let seen: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            for tcp in hook.incoming().flatten() {
+                let conn = rustls::ServerConnection::new(server_config.clone()).unwrap();
+                let mut r = BufReader::new(rustls::StreamOwned::new(conn, tcp));
+                let mut line = String::new();
+                if r.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let mut len = 0;
+                loop {
+                    let mut h = String::new();
+                    r.read_line(&mut h).unwrap();
+                    if h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0u8; len];
+                r.read_exact(&mut body).unwrap();
+                seen.lock()
+                    .unwrap()
+                    .push(serde_json::from_slice(&body).unwrap());
+                let s = r.get_mut();
+                let _ = s.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+                let _ = s.flush();
+            }
+        });
+    }
+    let w = world();
+    let upstream = w.addr.to_string();
+    let url = format!("https://localhost:{port}/hook");
+    let e = egress(&[
+        ("OPENSANDBOX_EGRESS_DNS_UPSTREAM", &upstream),
+        ("OPENSANDBOX_EGRESS_RULES", r#"{"defaultAction":"deny"}"#),
+        ("OPENSANDBOX_EGRESS_DENY_WEBHOOK", &url),
+        ("OPENSANDBOX_EGRESS_DENY_WEBHOOK_CA", ca.to_str().unwrap()),
+    ]);
+    assert_eq!(rcode(&e.lookup("secret.test.")), ResponseCode::NXDomain);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while seen.lock().unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no event over https");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(seen.lock().unwrap()[0]["hostname"], "secret.test");
+    let _ = std::fs::remove_dir_all(&dir);
+}
