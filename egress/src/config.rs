@@ -95,6 +95,13 @@ pub struct Config {
     pub deny_webhook: Option<String>,
     /// `OPENSANDBOX_EGRESS_DENY_WEBHOOK_CA` (extension): extra trusted roots (PEM) for an https webhook.
     pub deny_webhook_ca: Option<PathBuf>,
+    /// Where metrics are pushed (OTLP/HTTP JSON): `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`, `HOST_IP` or `/etc/hostinfo`, as upstream.
+    pub metrics_endpoint: Option<String>,
+    /// `OPENSANDBOX_EGRESS_METRICS_EXTRA_ATTRS` (`k=v,k2=v2`).
+    pub metrics_attrs: Vec<(String, String)>,
+    /// `OTEL_METRIC_EXPORT_INTERVAL` in milliseconds (default 60000).
+    pub metrics_interval: Duration,
     /// `OPENSANDBOX_EGRESS_SANDBOX_ID`: `sandboxId` in webhook events.
     pub sandbox_id: String,
 }
@@ -241,6 +248,17 @@ impl Config {
             deny_webhook: get("OPENSANDBOX_EGRESS_DENY_WEBHOOK"),
             sandbox_id: get("OPENSANDBOX_EGRESS_SANDBOX_ID").unwrap_or_default(),
             deny_webhook_ca: get("OPENSANDBOX_EGRESS_DENY_WEBHOOK_CA").map(PathBuf::from),
+            metrics_endpoint: crate::metrics::endpoint(
+                &env,
+                std::fs::read_to_string("/etc/hostinfo").ok(),
+            ),
+            metrics_attrs: crate::metrics::parse_attrs(
+                &get("OPENSANDBOX_EGRESS_METRICS_EXTRA_ATTRS").unwrap_or_default(),
+            ),
+            metrics_interval: get("OTEL_METRIC_EXPORT_INTERVAL")
+                .and_then(|v| v.parse::<u64>().ok())
+                .filter(|ms| *ms > 0)
+                .map_or(Duration::from_secs(60), Duration::from_millis),
             block_doh_443: matches!(
                 get("OPENSANDBOX_EGRESS_BLOCK_DOH_443")
                     .map(|v| v.to_ascii_lowercase())

@@ -61,6 +61,9 @@ impl Events {
 
     /// Records a refused DNS lookup.
     pub fn dns_refused(&self, domain: &str, rule: Option<&str>) {
+        crate::metrics::METRICS
+            .denied
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let rule = rule.unwrap_or("defaultAction").to_string();
         tracing::info!(event = "egress.denied", kind = "dns", domain, rule = %rule, "name refused");
         if let Some(q) = self.webhook.get() {

@@ -6,18 +6,20 @@
 //! - [`policy`]: the policy model, validation, PATCH/DELETE semantics and the compiled matcher.
 //! - [`state`]: the policy in force, its persistence and the refusal log.
 //! - [`dns`]: the DNS proxy.
+//! - [`nft`]: nftables over netlink.
 //! - [`api`]: the HTTP API.
 //! - [`events`]: refusals, bounded.
 //! - [`webhook`]: the denied-hostname webhook.
+//! - [`metrics`]: upstream's metrics, pushed as OTLP/HTTP JSON.
 //!
-//! Not here yet (issue 5 continues): nftables over netlink (`nft/`), the DNS
-//! redirect, `dns+nft` enforcement, and the network-namespace tests. Later
-//! issues add the TLS interceptor and the Credential Vault (`mitm/`, `vault/`).
+//! Later issues add the TLS interceptor and the Credential Vault (`mitm/`,
+//! `vault/`).
 
 pub mod api;
 pub mod config;
 pub mod dns;
 pub mod events;
+pub mod metrics;
 pub mod nft;
 pub mod policy;
 pub mod state;

@@ -118,6 +118,18 @@ if own_cgroup.is_none() && cfg.redirect {
             }
         }
         state.enforce().context("apply the initial policy")?;
+        if let Some(url) = &cfg.metrics_endpoint {
+            let mut attrs = cfg.metrics_attrs.clone();
+            if !cfg.sandbox_id.is_empty() {
+                attrs.insert(0, ("sandbox_id".into(), cfg.sandbox_id.clone()));
+            }
+            let tls = egress::webhook::tls_config(None).map_err(anyhow::Error::msg)?;
+            // Metrics are not enforcement: a bad endpoint is reported, not fatal.
+            match egress::metrics::start(url, attrs, cfg.metrics_interval, tls) {
+                Ok(()) => tracing::info!(%url, "exporting metrics"),
+                Err(e) => tracing::warn!(%url, error = %e, "metrics endpoint unusable; not exporting"),
+            }
+        }
         {
             // Keep denied names' addresses blocked (default-allow policies):
             // after every change, and every 30 s for changed answers.

@@ -65,7 +65,9 @@ impl State {
     /// Puts the current policy in the kernel (at start; fail closed: an
     /// error here must stop egress).
     pub fn enforce(&self) -> Result<(), InstallError> {
-        self.firewall.apply(&self.matcher())?;
+        let m = self.matcher();
+        self.firewall.apply(&m)?;
+        count_rules(&m);
         Ok(())
     }
 
@@ -142,6 +144,7 @@ impl State {
                 return Err(e.into());
             }
         }
+        count_rules(&m);
         *self
             .current
             .write()
@@ -199,4 +202,12 @@ pub fn initial_policy(
         }
         None => Ok(Policy::default()),
     }
+}
+
+/// The rules gauge (`egress.nftables.rules.count`) for the policy in force.
+fn count_rules(m: &Matcher) {
+    let n = u64::try_from(m.policy().egress.len()).unwrap_or(u64::MAX);
+    crate::metrics::METRICS
+        .rules
+        .store(n, std::sync::atomic::Ordering::Relaxed);
 }

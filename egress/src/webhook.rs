@@ -164,7 +164,12 @@ pub fn start(
     tx
 }
 
-async fn post(t: &Target, body: &[u8], tls: &Arc<rustls::ClientConfig>) -> Result<u16, String> {
+/// POSTs a JSON `body` to `t` (over TLS for https) and returns the status.
+pub(crate) async fn post(
+    t: &Target,
+    body: &[u8],
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<u16, String> {
     let stream = tokio::net::TcpStream::connect((t.host.as_str(), t.port))
         .await
         .map_err(|e| e.to_string())?;

@@ -310,7 +310,7 @@ fn always_rules_overlay_the_user_policy_and_reload() {
 
 #[test]
 fn refused_names_reach_the_deny_webhook_with_retries() {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::{BufReader, Write};
     use std::sync::{Arc, Mutex};
     let hook = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let hook_addr = hook.local_addr().unwrap();
@@ -320,25 +320,8 @@ fn refused_names_reach_the_deny_webhook_with_retries() {
         std::thread::spawn(move || {
             for (n, conn) in hook.incoming().flatten().enumerate() {
                 let mut r = BufReader::new(conn);
-                let mut line = String::new();
-                r.read_line(&mut line).unwrap();
-                let mut len = 0;
-                loop {
-                    let mut h = String::new();
-                    r.read_line(&mut h).unwrap();
-                    if h.trim().is_empty() {
-                        break;
-                    }
-                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                        len = v.trim().parse().unwrap();
-                    }
-                }
-                let mut body = vec![0u8; len];
-                r.read_exact(&mut body).unwrap();
-                seen.lock().unwrap().push((
-                    line.trim().to_string(),
-                    serde_json::from_slice(&body).unwrap(),
-                ));
+                let got = read_post(&mut r).unwrap();
+                seen.lock().unwrap().push(got);
                 // The first attempt fails: egress must retry.
                 let status = if n == 0 {
                     "500 Internal Server Error"
@@ -494,7 +477,7 @@ fn outbound_lines_are_logged_except_log_skip_names() {
 
 #[test]
 fn https_deny_webhook_with_an_extra_root() {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::{BufReader, Write};
     use std::sync::{Arc, Mutex};
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
@@ -527,26 +510,10 @@ fn https_deny_webhook_with_an_extra_root() {
             for tcp in hook.incoming().flatten() {
                 let conn = rustls::ServerConnection::new(server_config.clone()).unwrap();
                 let mut r = BufReader::new(rustls::StreamOwned::new(conn, tcp));
-                let mut line = String::new();
-                if r.read_line(&mut line).is_err() {
+                let Ok((_, body)) = read_post(&mut r) else {
                     continue;
-                }
-                let mut len = 0;
-                loop {
-                    let mut h = String::new();
-                    r.read_line(&mut h).unwrap();
-                    if h.trim().is_empty() {
-                        break;
-                    }
-                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                        len = v.trim().parse().unwrap();
-                    }
-                }
-                let mut body = vec![0u8; len];
-                r.read_exact(&mut body).unwrap();
-                seen.lock()
-                    .unwrap()
-                    .push(serde_json::from_slice(&body).unwrap());
+                };
+                seen.lock().unwrap().push(body);
                 let s = r.get_mut();
                 let _ = s.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
                 let _ = s.flush();
@@ -570,4 +537,121 @@ fn https_deny_webhook_with_an_extra_root() {
     }
     assert_eq!(seen.lock().unwrap()[0]["hostname"], "secret.test");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn metrics_are_pushed_as_otlp_json() {
+    use std::io::{BufReader, Write};
+    use std::sync::mpsc;
+    let collector = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", collector.local_addr().unwrap());
+    let (tx, rx) = mpsc::channel::<(String, serde_json::Value)>();
+    std::thread::spawn(move || {
+        for conn in collector.incoming().flatten() {
+            let mut r = BufReader::new(conn);
+            let got = read_post(&mut r).unwrap();
+            let _ = r
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = tx.send(got);
+        }
+    });
+    let w = world();
+    let upstream = w.addr.to_string();
+    let e = egress(&[
+        ("OPENSANDBOX_EGRESS_DNS_UPSTREAM", &upstream),
+        (
+            "OPENSANDBOX_EGRESS_RULES",
+            r#"{"defaultAction":"deny","egress":[{"action":"allow","target":"allowed.test"}]}"#,
+        ),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &base),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+        ("OPENSANDBOX_EGRESS_METRICS_EXTRA_ATTRS", "team=red,env=ci"),
+        ("OPENSANDBOX_EGRESS_SANDBOX_ID", "sbx-7"),
+    ]);
+    // The allowed name first: any export counting both refusals counts it too.
+    assert_eq!(
+        addrs(&e.lookup("allowed.test.")),
+        [Ipv4Addr::new(10, 0, 0, 1)]
+    );
+    assert_eq!(rcode(&e.lookup("denied.test.")), ResponseCode::NXDomain);
+    assert_eq!(rcode(&e.lookup("other.test.")), ResponseCode::NXDomain);
+    let value = |doc: &serde_json::Value, name: &str| -> serde_json::Value {
+        doc["resourceMetrics"][0]["scopeMetrics"][0]["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {doc}"))
+            .clone()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let (line, doc) = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let (line, doc) = rx
+            .recv_timeout(left)
+            .expect("no metrics with both refusals");
+        let denied =
+            value(&doc, "egress.policy.denied_total")["sum"]["dataPoints"][0]["asInt"].clone();
+        if denied == "2" {
+            break (line, doc);
+        }
+    };
+    assert_eq!(line, "POST /v1/metrics HTTP/1.1");
+    let res = &doc["resourceMetrics"][0]["resource"]["attributes"];
+    let attr = |key: &str| {
+        res.as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["key"] == key)
+            .map(|a| a["value"]["stringValue"].clone())
+    };
+    assert_eq!(
+        attr("service.name").unwrap(),
+        format!("opensandbox-egress-{}", env!("CARGO_PKG_VERSION"))
+    );
+    assert_eq!(attr("team").unwrap(), "red");
+    assert_eq!(attr("env").unwrap(), "ci");
+    assert_eq!(attr("sandbox_id").unwrap(), "sbx-7");
+    assert_eq!(
+        doc["resourceMetrics"][0]["scopeMetrics"][0]["scope"]["name"],
+        "opensandbox/egress"
+    );
+    // One allowed name was forwarded; refused ones never reach the upstream.
+    let q = value(&doc, "egress.dns.query.duration");
+    assert_eq!(q["histogram"]["dataPoints"][0]["count"], "1");
+    assert!(q["histogram"]["dataPoints"][0]["sum"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        value(&doc, "egress.nftables.rules.count")["gauge"]["dataPoints"][0]["asInt"],
+        "1"
+    );
+    let rss = value(&doc, "egress.system.memory.usage_bytes")["gauge"]["dataPoints"][0]["asInt"]
+        .as_str()
+        .unwrap()
+        .parse::<u64>()
+        .unwrap();
+    assert!(rss > 1 << 20, "rss {rss}");
+}
+
+/// Reads one HTTP request: its request line and its JSON body.
+fn read_post<S: std::io::Read>(
+    r: &mut std::io::BufReader<S>,
+) -> std::io::Result<(String, serde_json::Value)> {
+    use std::io::{BufRead, Read};
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let mut len = 0;
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h)?;
+        if h.trim().is_empty() {
+            break;
+        }
+        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().map_err(std::io::Error::other)?;
+        }
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)?;
+    Ok((line.trim().to_string(), serde_json::from_slice(&body)?))
 }

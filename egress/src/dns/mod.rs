@@ -216,7 +216,10 @@ impl Proxy {
             return reply(&msg, ResponseCode::NXDomain);
         }
         let upstreams = self.upstream_list();
-        match forward::exchange(&upstreams, query, transport, self.timeout).await {
+        let started = std::time::Instant::now();
+        let answered = forward::exchange(&upstreams, query, transport, self.timeout).await;
+        crate::metrics::METRICS.query(started.elapsed());
+        match answered {
             Some(answer) => {
                 // dns+nft: the answer's addresses are allowed in the kernel
                 // before the client sees them, so its first connection never

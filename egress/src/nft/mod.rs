@@ -93,7 +93,11 @@ impl Nft {
         let sock = lock(&self.sock);
         let seq = self.seq.fetch_add(1 << 16, Ordering::Relaxed);
         let (bytes, what) = build(seq);
-        sock.apply(&bytes, &what)
+        sock.apply(&bytes, &what)?;
+        crate::metrics::METRICS
+            .nft_updates
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     fn apply_policy(&self, policy: &Policy, matcher: &Matcher) -> Result<(), NftError> {
