@@ -2,7 +2,8 @@
 # Installs what building and testing the workspace needs on a Debian machine
 # with a Rust toolchain (rustup): a C toolchain, musl-tools and the musl target
 # for static binaries, and the programs the tests use (iproute2 for network
-# namespaces, nftables to check what egress programs). Idempotent.
+# namespaces, nftables to check what egress programs; curl and python3 for the image
+# smoke test). Idempotent.
 set -euo pipefail
 
 need=()
@@ -13,6 +14,8 @@ command -v setsid >/dev/null || need+=(util-linux)
 command -v file >/dev/null || need+=(file)
 command -v ip >/dev/null || need+=(iproute2)
 command -v nft >/dev/null || need+=(nftables)
+command -v curl >/dev/null || need+=(curl)
+command -v python3 >/dev/null || need+=(python3)
 if ((${#need[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

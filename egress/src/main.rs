@@ -6,6 +6,7 @@ use anyhow::Context as _;
 use egress::api::Api;
 use egress::config::{Config, Mode};
 use egress::dns::Proxy;
+use egress::nft::own::Own;
 use egress::nft::ruleset::{DohBlock, Options};
 use egress::nft::{Firewall, Nft, NoFirewall};
 use egress::policy::always::Always;
@@ -45,22 +46,27 @@ fn run() -> anyhow::Result<()> {
             let mut extra_allow: Vec<std::net::IpAddr> = vec![std::net::Ipv4Addr::LOCALHOST.into()];
             extra_allow.extend(upstreams.iter().map(std::net::SocketAddr::ip));
             extra_allow.extend(cfg.nameserver_exempt.iter().copied());
-            let own_cgroup = egress::nft::cgroup::own();
-if own_cgroup.is_none() && cfg.redirect {
-                // Without it, egress's own queries would be redirected back
-                // to itself; refusing to start is the fail-closed answer.
-                anyhow::bail!(
-                    "egress must run in a cgroup v2 of its own (a container has one) to redirect DNS: \
-                     its own queries cannot be told apart from the sandbox's otherwise \
-                     (or set OPENSANDBOX_EGRESS_REDIRECT=off)"
-                );
-            }
+            let own = match egress::nft::cgroup::own() {
+                Some((level, id)) => Some(Own::Cgroup { level, id }),
+                None if cfg.redirect => {
+                    // No cgroup v2 of its own (a Docker host on cgroup v1, or
+                    // the root cgroup): egress's sockets carry a random mark,
+                    // as upstream's carried 0x1. A sandbox process allowed to
+                    // set marks could guess it; the cgroup could not be forged.
+                    tracing::warn!(
+                        "no cgroup v2 of its own: egress's sockets are told apart by a random socket mark; \
+                         drop CAP_NET_ADMIN and CAP_NET_RAW in the sandbox so it cannot set marks"
+                    );
+                    Some(egress::nft::own::use_random_mark())
+                }
+                None => None,
+            };
             Box::new(
                 Nft::new(Options {
                     filter,
                     redirect_port: cfg.redirect.then_some(cfg.dns_addr.port()),
                     extra_allow,
-                    own_cgroup,
+                    own,
                     log_group: filter.then_some(egress::nft::nflog::GROUP),
                     exempt: cfg.nameserver_exempt.clone(),
                     doh: match (cfg.block_doh_443, cfg.doh_blocklist.is_empty()) {

@@ -170,9 +170,21 @@ pub(crate) async fn post(
     body: &[u8],
     tls: &Arc<rustls::ClientConfig>,
 ) -> Result<u16, String> {
-    let stream = tokio::net::TcpStream::connect((t.host.as_str(), t.port))
+    let mut last = format!("{}: no address", t.host);
+    let mut connected = None;
+    for addr in tokio::net::lookup_host((t.host.as_str(), t.port))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+    {
+        match crate::nft::own::connect(addr).await {
+            Ok(s) => {
+                connected = Some(s);
+                break;
+            }
+            Err(e) => last = e.to_string(),
+        }
+    }
+    let stream = connected.ok_or(last)?;
     if !t.tls {
         return send_over(TokioIo::new(stream), t, body).await;
     }

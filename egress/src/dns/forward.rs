@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::UdpSocket;
 
 use std::sync::Arc;
 
@@ -53,6 +53,7 @@ pub(super) async fn udp(up: SocketAddr, query: &[u8], timeout: Duration) -> Opti
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
     let sock = UdpSocket::bind(local).await.ok()?;
+    crate::nft::own::mark_socket(&sock).ok()?;
     sock.connect(up).await.ok()?;
     sock.send(query).await.ok()?;
     let deadline = tokio::time::Instant::now() + timeout;
@@ -74,7 +75,7 @@ pub(super) async fn udp(up: SocketAddr, query: &[u8], timeout: Duration) -> Opti
 
 async fn tcp(up: SocketAddr, query: &[u8], timeout: Duration) -> Option<Vec<u8>> {
     let work = async {
-        let mut s = TcpStream::connect(up).await.ok()?;
+        let mut s = crate::nft::own::connect(up).await.ok()?;
         let len = u16::try_from(query.len()).ok()?;
         let mut out = Vec::with_capacity(query.len() + 2);
         out.extend_from_slice(&len.to_be_bytes());

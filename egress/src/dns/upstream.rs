@@ -36,6 +36,7 @@ impl UdpUpstream {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         };
         let sock = UdpSocket::bind(local).await?;
+        crate::nft::own::mark_socket(&sock)?;
         sock.connect(addr).await?;
         let up = Arc::new(Self {
             sock,

@@ -110,6 +110,14 @@ impl Exprs {
         })
     }
 
+    /// Loads the mark of the packet's socket into register 1 (found for
+    /// incoming packets too, unlike the packet mark).
+    pub fn socket_mark(&mut self) -> &mut Self {
+        self.expr("socket", |d| {
+            d.u32(1, 1).u32(2, REG1); // NFT_SOCKET_MARK
+        })
+    }
+
     /// Loads `data` into register 1.
     pub fn load(&mut self, data: &[u8]) -> &mut Self {
         self.expr("immediate", |d| {

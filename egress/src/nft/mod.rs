@@ -7,6 +7,7 @@
 pub mod cgroup;
 pub mod expr;
 pub mod nflog;
+pub mod own;
 pub mod ruleset;
 pub mod socket;
 pub mod wire;

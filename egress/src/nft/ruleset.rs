@@ -8,6 +8,7 @@
 use std::net::IpAddr;
 
 use super::expr::{Base, Exprs, MetaKey, Verdict};
+use super::own::Own;
 use super::wire::{attr, family, msg, set_flags, Attrs, Batch, ELEM_INTERVAL_END, NLM_F_CREATE};
 use crate::policy::{Action, Policy, Target};
 
@@ -182,11 +183,11 @@ pub struct Options {
     pub redirect_port: Option<u16>,
     /// Addresses always allowed (the resolvers egress forwards to).
     pub extra_allow: Vec<IpAddr>,
-    /// egress's own cgroup v2 (level, id): its sockets are exempt from the
-    /// redirect and the filter. A cgroup is something a process in the
-    /// sandbox cannot forge, unlike a packet mark (upstream's exemption,
-    /// which any process with CAP_NET_RAW or CAP_NET_ADMIN can set).
-    pub own_cgroup: Option<(u32, u64)>,
+    /// egress's own traffic, exempt from the redirect and the filter: its
+    /// cgroup v2, which a process in the sandbox cannot forge, or (without
+    /// one) a random socket mark, guessable by a process allowed to set marks
+    /// (upstream's exemption was the fixed mark 0x1).
+    pub own: Option<Own>,
     /// nflog group the drop rules log refused packets to.
     pub log_group: Option<u16>,
     /// Port 443 blocking against DNS over HTTPS (upstream's
@@ -196,6 +197,14 @@ pub struct Options {
     /// `OPENSANDBOX_EGRESS_NAMESERVER_EXEMPT`): not redirected, not guarded.
     /// A deliberate DNS-policy bypass for those addresses.
     pub exempt: Vec<IpAddr>,
+}
+
+/// Matches packets of egress's own sockets.
+fn is_own(x: &mut Exprs, own: Own) -> &mut Exprs {
+    match own {
+        Own::Cgroup { level, id } => x.socket_cgroup(level).cmp(true, &id.to_ne_bytes()),
+        Own::Mark(mark) => x.socket_mark().cmp(true, &mark.to_ne_bytes()),
+    }
 }
 
 /// Matches a packet's destination address `ip`.
@@ -360,11 +369,9 @@ fn chain_and_rules(b: &mut Batch, policy: &Policy, opts: &Options, flush: bool) 
         x.ct_state_any(CT_ESTABLISHED_RELATED)
             .verdict(Verdict::Accept);
     });
-    if let Some((level, id)) = opts.own_cgroup {
-        add_rule(b, "egress's own cgroup accept", |x| {
-            x.socket_cgroup(level)
-                .cmp(true, &id.to_ne_bytes())
-                .verdict(Verdict::Accept);
+    if let Some(own) = opts.own {
+        add_rule(b, "egress's own traffic accept", |x| {
+            is_own(x, own).verdict(Verdict::Accept);
         });
     }
     add_rule(b, "oifname lo accept", |x| {
@@ -496,7 +503,7 @@ fn base_chain(b: &mut Batch, name: &str, hook: u32, priority: i32, kind: &str) {
 /// Only egress's queries to resolvers (to port 53 out, from port 53 in) are
 /// zoned: the proxy's own answers to the sandbox belong to the sandbox's
 /// (redirected) connections and must stay in their zone.
-fn zone_chains(b: &mut Batch, level: u32, id: u64) {
+fn zone_chains(b: &mut Batch, own: Own) {
     // (chain, hook, port offset): output matches the destination port,
     // prerouting the source port.
     for (name, hook, offset) in [("own_zone_out", 3, 2), ("own_zone_in", 0, 0)] {
@@ -510,10 +517,8 @@ fn zone_chains(b: &mut Batch, level: u32, id: u64) {
                     x.meta(MetaKey::L4Proto)
                         .cmp(true, &[proto])
                         .payload(Base::Transport, offset, 2)
-                        .cmp(true, &53u16.to_be_bytes())
-                        .socket_cgroup(level)
-                        .cmp(true, &id.to_ne_bytes())
-                        .ct_zone(OWN_ZONE);
+                        .cmp(true, &53u16.to_be_bytes());
+                    is_own(x, own).ct_zone(OWN_ZONE);
                 },
             );
         }
@@ -524,11 +529,9 @@ fn zone_chains(b: &mut Batch, level: u32, id: u64) {
 /// trying to get around the proxy: it is dropped (in both modes).
 fn dns_guard(b: &mut Batch, opts: &Options) {
     base_chain(b, "dns_guard", 3, 10, "filter");
-    if let Some((level, id)) = opts.own_cgroup {
-        add_rule_to(b, "dns_guard", "egress's own cgroup accept", |x| {
-            x.socket_cgroup(level)
-                .cmp(true, &id.to_ne_bytes())
-                .verdict(Verdict::Accept);
+    if let Some(own) = opts.own {
+        add_rule_to(b, "dns_guard", "egress's own traffic accept", |x| {
+            is_own(x, own).verdict(Verdict::Accept);
         });
     }
     for ip in &opts.exempt {
@@ -556,8 +559,8 @@ fn dns_guard(b: &mut Batch, opts: &Options) {
 /// 53, any destination, both families) goes to the local proxy, except
 /// egress's own.
 fn redirect_chain(b: &mut Batch, opts: &Options, port: u16) {
-    if let Some((level, id)) = opts.own_cgroup {
-        zone_chains(b, level, id);
+    if let Some(own) = opts.own {
+        zone_chains(b, own);
     }
     dns_guard(b, opts);
     let mut c = Attrs::default();
@@ -575,9 +578,9 @@ fn redirect_chain(b: &mut Batch, opts: &Options, port: u16) {
         &c,
         "chain dns_redirect",
     );
-    if let Some((level, id)) = opts.own_cgroup {
-        add_rule_to(b, REDIRECT_CHAIN, "egress's own cgroup return", |x| {
-            x.socket_cgroup(level).cmp(true, &id.to_ne_bytes()).ret();
+    if let Some(own) = opts.own {
+        add_rule_to(b, REDIRECT_CHAIN, "egress's own traffic return", |x| {
+            is_own(x, own).ret();
         });
     }
     for ip in &opts.exempt {
