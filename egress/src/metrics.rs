@@ -102,8 +102,40 @@ fn rss_bytes() -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
-/// The OTLP/HTTP JSON document for the current values.
-pub fn document(attrs: &[(String, String)], start_ns: u64, now_ns: u64) -> Value {
+/// Busy and total jiffies of all CPUs, from the `cpu` line of `/proc/stat`.
+fn parse_cpu(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let total: u64 = v.iter().sum();
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+/// Host-wide CPU utilization (0 to 1) between two `(busy, total)` samples.
+fn utilization(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let busy = after.0.saturating_sub(before.0);
+    let total = after.1.saturating_sub(before.1);
+    if total == 0 {
+        return 0.0;
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let u = busy as f64 / total as f64;
+    u.clamp(0.0, 1.0)
+}
+
+fn cpu_sample() -> Option<(u64, u64)> {
+    parse_cpu(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// The OTLP/HTTP JSON document for the current values (`cpu`: host-wide
+/// utilization since the last export, 0 to 1).
+pub fn document(attrs: &[(String, String)], start_ns: u64, now_ns: u64, cpu: f64) -> Value {
     let m = &METRICS;
     let a = kv(attrs);
     let sum = |name: &str, unit: &str, v: u64| {
@@ -127,6 +159,7 @@ pub fn document(attrs: &[(String, String)], start_ns: u64, now_ns: u64) -> Value
                 sum("egress.nftables.updates.count", "1", m.nft_updates.load(Ordering::Relaxed)),
                 gauge("egress.nftables.rules.count", "{element}", m.rules.load(Ordering::Relaxed)),
                 gauge("egress.system.memory.usage_bytes", "By", rss_bytes()),
+                {"name": "egress.system.cpu.utilization", "unit": "1", "gauge": {"dataPoints": [{"attributes": a, "timeUnixNano": now_ns.to_string(), "asDouble": cpu}]}},
                 {"name": "egress.dns.query.duration", "unit": "s", "histogram": {"aggregationTemporality": 2,
                     "dataPoints": [{"attributes": a, "startTimeUnixNano": start_ns.to_string(), "timeUnixNano": now_ns.to_string(),
                         "count": queries.to_string(), "sum": seconds}]}},
@@ -153,10 +186,17 @@ pub fn start(
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.tick().await;
+        let mut cpu_before = cpu_sample();
         loop {
             tick.tick().await;
+            let cpu_now = cpu_sample();
+            let cpu = match (cpu_before, cpu_now) {
+                (Some(b), Some(a)) => utilization(b, a),
+                _ => 0.0,
+            };
+            cpu_before = cpu_now;
             let body =
-                serde_json::to_vec(&document(&attrs, start_ns, now_ns())).unwrap_or_default();
+                serde_json::to_vec(&document(&attrs, start_ns, now_ns(), cpu)).unwrap_or_default();
             match tokio::time::timeout(
                 Duration::from_secs(10),
                 crate::webhook::post(&target, &body, &tls),
@@ -221,7 +261,7 @@ mod tests {
             attrs,
             vec![("team".into(), "a".into()), ("env".into(), "prod".into())]
         );
-        let d = document(&attrs, 1, 2);
+        let d = document(&attrs, 1, 2, 0.25);
         let names: Vec<&str> = d["resourceMetrics"][0]["scopeMetrics"][0]["metrics"]
             .as_array()
             .unwrap()
@@ -236,5 +276,18 @@ mod tests {
             d["resourceMetrics"][0]["scopeMetrics"][0]["scope"]["name"],
             "opensandbox/egress"
         );
+        assert!(names.contains(&"egress.system.cpu.utilization"));
+    }
+
+    #[test]
+    fn cpu_utilization_from_proc_stat() {
+        let before = parse_cpu("cpu  100 0 100 700 100 0 0 0 0 0\ncpu0 1 2 3 4\n").unwrap();
+        assert_eq!(before, (200, 1000));
+        let after = parse_cpu("cpu  150 0 150 1000 200 0 0 0 0 0\n").unwrap();
+        assert_eq!(after, (300, 1500));
+        assert!((utilization(before, after) - 0.2).abs() < 1e-9);
+        assert!(utilization(after, after).abs() < f64::EPSILON);
+        assert_eq!(parse_cpu("intr 1 2\n"), None);
+        assert_eq!(parse_cpu("cpu  x y\n"), None);
     }
 }

@@ -631,6 +631,10 @@ fn metrics_are_pushed_as_otlp_json() {
         .parse::<u64>()
         .unwrap();
     assert!(rss > 1 << 20, "rss {rss}");
+    let cpu = value(&doc, "egress.system.cpu.utilization")["gauge"]["dataPoints"][0]["asDouble"]
+        .as_f64()
+        .unwrap();
+    assert!((0.0..=1.0).contains(&cpu), "cpu {cpu}");
 }
 
 /// Reads one HTTP request: its request line and its JSON body.
