@@ -3,13 +3,13 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_proto::op::{Message, Query, ResponseCode};
-use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::rdata::{A, AAAA};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 /// An encoded query for `name` with recursion desired.
@@ -64,13 +64,41 @@ pub fn addrs(m: &Message) -> Vec<Ipv4Addr> {
         .collect()
 }
 
+/// The AAAA addresses of an answer.
+pub fn addrs6(m: &Message) -> Vec<Ipv6Addr> {
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::AAAA(a) => Some(a.0),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The IPv6 twin of a zone address, `2001:db8::a.b.c.d` (what the fake
+/// resolver answers to AAAA queries).
+pub fn six(ip: Ipv4Addr) -> Ipv6Addr {
+    let o = ip.octets();
+    Ipv6Addr::new(
+        0x2001,
+        0xdb8,
+        0,
+        0,
+        0,
+        0,
+        u16::from_be_bytes([o[0], o[1]]),
+        u16::from_be_bytes([o[2], o[3]]),
+    )
+}
+
 /// The answer's response code.
 pub fn rcode(m: &Message) -> ResponseCode {
     m.metadata.response_code
 }
 
 /// A fake authoritative resolver on loopback (UDP and TCP): names in the
-/// zone get their A records; others NXDOMAIN; UDP answers over 512 bytes are
+/// zone get their A records (AAAA queries: each address's [`six`] twin);
+/// others NXDOMAIN; UDP answers over 512 bytes are
 /// truncated (TC) as a real server does without EDNS.
 pub struct FakeResolver {
     /// Where it listens (UDP and TCP).
@@ -165,11 +193,12 @@ fn respond(zone: &HashMap<String, Vec<Ipv4Addr>>, q: &[u8]) -> Vec<u8> {
     match zone.get(&name) {
         Some(ips) => {
             for ip in ips {
-                m.add_answer(Record::from_rdata(
-                    question.name().clone(),
-                    ttl,
-                    RData::A(A(*ip)),
-                ));
+                let data = if question.query_type() == RecordType::AAAA {
+                    RData::AAAA(AAAA(six(*ip)))
+                } else {
+                    RData::A(A(*ip))
+                };
+                m.add_answer(Record::from_rdata(question.name().clone(), ttl, data));
             }
         }
         None => m.metadata.response_code = ResponseCode::NXDomain,

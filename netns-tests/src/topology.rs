@@ -2,9 +2,12 @@
 //!
 //! ```text
 //!  sandbox  10.200.0.2 ── veth ── 10.200.0.1  world
-//!  (egress + client; default route)          DNS on 10.200.0.1:53
+//!           fd00:200::2           fd00:200::1
+//!  (egress + client; default routes)         DNS on 10.200.0.1:53
 //!                                            TCP "hello" servers on
 //!                                            198.51.100.10, .11, .12 :80
+//!                                            and their six() twins
+//!                                            2001:db8::c633:640a... :80
 //! ```
 
 use std::io::{Read, Write};
@@ -60,10 +63,16 @@ impl Topology {
              && ip -n {s} link set lo up && ip -n {w} link set lo up \
              && ip -n {s} link set s0 up && ip -n {w} link set w0 up \
              && ip -n {s} addr add 10.200.0.2/24 dev s0 && ip -n {w} addr add 10.200.0.1/24 dev w0 \
-             && ip -n {s} route add default via 10.200.0.1"
+             && ip -n {s} route add default via 10.200.0.1 \
+             && ip -n {s} addr add fd00:200::2/64 dev s0 nodad \
+             && ip -n {w} addr add fd00:200::1/64 dev w0 nodad \
+             && ip -n {s} -6 route add default via fd00:200::1"
         ));
         for ip in SERVERS {
-            sh(&format!("ip -n {w} addr add {ip}/32 dev lo"));
+            sh(&format!(
+                "ip -n {w} addr add {ip}/32 dev lo && ip -n {w} addr add {}/128 dev lo nodad",
+                crate::dns::six(ip)
+            ));
         }
         let zone: Vec<(String, Vec<Ipv4Addr>)> = zone
             .iter()
@@ -77,12 +86,20 @@ impl Topology {
             // Runs until the namespace goes (its threads keep serving).
             std::mem::forget(FakeResolver::start_on(&z, Some(WORLD_DNS.parse().unwrap())));
             for ip in SERVERS {
-                let l = TcpListener::bind((ip, 80)).unwrap();
-                std::thread::spawn(move || {
-                    for mut c in l.incoming().flatten() {
-                        let _ = c.write_all(format!("hello from {ip}\n").as_bytes());
-                    }
-                });
+                for (addr, shown) in [
+                    (SocketAddr::from((ip, 80)), ip.to_string()),
+                    (
+                        SocketAddr::from((crate::dns::six(ip), 80)),
+                        crate::dns::six(ip).to_string(),
+                    ),
+                ] {
+                    let l = TcpListener::bind(addr).unwrap();
+                    std::thread::spawn(move || {
+                        for mut c in l.incoming().flatten() {
+                            let _ = c.write_all(format!("hello from {shown}\n").as_bytes());
+                        }
+                    });
+                }
             }
         })
         .join()
@@ -109,9 +126,10 @@ impl Drop for Topology {
 
 /// Connects over TCP (1 s timeout) and returns the server's greeting, or
 /// None when the connection is refused, dropped or times out.
-pub fn fetch(ip: Ipv4Addr) -> Option<String> {
+pub fn fetch(ip: impl Into<std::net::IpAddr>) -> Option<String> {
     let mut s =
-        TcpStream::connect_timeout(&SocketAddr::from((ip, 80)), Duration::from_secs(1)).ok()?;
+        TcpStream::connect_timeout(&SocketAddr::from((ip.into(), 80)), Duration::from_secs(1))
+            .ok()?;
     s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;

@@ -389,3 +389,49 @@ fn default_allow_denied_names_are_unreachable_without_asking_egress() {
         assert_eq!(fetch(B), Some(hello(B)));
     });
 }
+
+#[test]
+fn ipv6_end_to_end() {
+    if skip("ipv6_end_to_end") {
+        return;
+    }
+    let rules = format!(
+        r#"{{"defaultAction":"deny","egress":[{{"action":"allow","target":"allowed.test"}},{{"action":"allow","target":"{}/128"}}]}}"#,
+        six(C)
+    );
+    scenario("v6", &rules, |_| {
+        let resolver6: std::net::SocketAddr = "[fd00:200::1]:53".parse().unwrap();
+        let greet = |ip: std::net::Ipv6Addr| Some(format!("hello from {ip}\n"));
+        assert_eq!(fetch(six(A)), None, "nothing before a lookup");
+        // AAAA over IPv4 to the configured resolver: learned into dyn_allow_v6.
+        let m = dns_udp(
+            WORLD_DNS.parse().unwrap(),
+            "allowed.test.",
+            RecordType::AAAA,
+        );
+        assert_eq!(rcode(&m), ResponseCode::NoError);
+        assert_eq!(addrs6(&m), [six(A)]);
+        assert_eq!(
+            fetch(six(A)),
+            greet(six(A)),
+            "the learned AAAA is reachable"
+        );
+        // A query to an IPv6 resolver address is redirected to egress as well.
+        let m = dns_udp(resolver6, "denied.test.", RecordType::AAAA);
+        assert_eq!(rcode(&m), ResponseCode::NXDomain);
+        let m = dns_tcp(resolver6, "denied.test.", RecordType::AAAA);
+        assert_eq!(rcode(&m), ResponseCode::NXDomain);
+        let m = dns_udp(resolver6, "allowed.test.", RecordType::AAAA);
+        assert_eq!(
+            addrs6(&m),
+            [six(A)],
+            "answered by egress through the redirect"
+        );
+        // Denied and unknown addresses stay closed; the IPv6 CIDR rule opens its address.
+        assert_eq!(fetch(six(B)), None);
+        assert_eq!(fetch(six(C)), greet(six(C)));
+        // IPv4 keeps working alongside.
+        assert_eq!(resolve("allowed.test."), (ResponseCode::NoError, vec![A]));
+        assert_eq!(fetch(A), Some(hello(A)));
+    });
+}

@@ -379,6 +379,25 @@ fn chain_and_rules(b: &mut Batch, policy: &Policy, opts: &Options, flush: bool) 
             .cmp(true, b"lo\0")
             .verdict(Verdict::Accept);
     });
+    // IPv6 neighbour discovery (router solicitation, neighbour solicitation
+    // and advertisement): without it no IPv6 packet leaves at all (IPv4's
+    // ARP is not in this hook). These never cross a router (hop limit 255),
+    // so they open nothing beyond the link. Found by the IPv6 netns test.
+    for (t, name) in [
+        (133u8, "nd-router-solicit"),
+        (135, "nd-neighbor-solicit"),
+        (136, "nd-neighbor-advert"),
+    ] {
+        add_rule(b, &format!("icmpv6 type {name} accept"), |x| {
+            x.meta(MetaKey::NfProto)
+                .cmp(true, &[NFPROTO_IPV6])
+                .meta(MetaKey::L4Proto)
+                .cmp(true, &[58])
+                .payload(Base::Transport, 0, 1)
+                .cmp(true, &[t])
+                .verdict(Verdict::Accept);
+        });
+    }
     // An IPv6 query redirected to the proxy at [::1] still carries its
     // original output interface here; ::1 never leaves the host.
     add_rule(b, "ip6 daddr ::1 accept", |x| {
