@@ -95,6 +95,10 @@ pub struct Config {
     pub deny_webhook: Option<String>,
     /// `OPENSANDBOX_EGRESS_DENY_WEBHOOK_CA` (extension): extra trusted roots (PEM) for an https webhook.
     pub deny_webhook_ca: Option<PathBuf>,
+    /// `OPENSANDBOX_EGRESS_SOCKET_UID` (extension, default 4000000000): owner of
+    /// egress's sockets when it has no cgroup v2 of its own (a uid the sandbox
+    /// must not be able to take).
+    pub socket_uid: u32,
     /// Where metrics are pushed (OTLP/HTTP JSON): `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`,
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`, `HOST_IP` or `/etc/hostinfo`, as upstream.
     pub metrics_endpoint: Option<String>,
@@ -115,6 +119,9 @@ pub struct ConfigError {
     /// What is wrong.
     pub reason: String,
 }
+
+/// Default owner of egress's sockets in the socket-mark fallback.
+pub const DEFAULT_SOCKET_UID: u32 = 4_000_000_000;
 
 fn err(name: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError {
@@ -248,6 +255,19 @@ impl Config {
             deny_webhook: get("OPENSANDBOX_EGRESS_DENY_WEBHOOK"),
             sandbox_id: get("OPENSANDBOX_EGRESS_SANDBOX_ID").unwrap_or_default(),
             deny_webhook_ca: get("OPENSANDBOX_EGRESS_DENY_WEBHOOK_CA").map(PathBuf::from),
+            socket_uid: match get("OPENSANDBOX_EGRESS_SOCKET_UID") {
+                None => DEFAULT_SOCKET_UID,
+                Some(v) => v
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|u| *u != 0 && *u != u32::MAX)
+                    .ok_or_else(|| {
+                        err(
+                            "OPENSANDBOX_EGRESS_SOCKET_UID",
+                            format!("{v:?} is not a uid other than 0"),
+                        )
+                    })?,
+            },
             metrics_endpoint: crate::metrics::endpoint(
                 &env,
                 std::fs::read_to_string("/etc/hostinfo").ok(),
@@ -331,6 +351,24 @@ mod tests {
             .map(|(k, v)| ((*k).into(), (*v).into()))
             .collect();
         Config::from_env(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn socket_uid() {
+        assert_eq!(parse(&[]).unwrap().socket_uid, DEFAULT_SOCKET_UID);
+        assert_eq!(
+            parse(&[("OPENSANDBOX_EGRESS_SOCKET_UID", "61000")])
+                .unwrap()
+                .socket_uid,
+            61000
+        );
+        for bad in ["0", "-1", "4294967295", "nobody"] {
+            let e = parse(&[("OPENSANDBOX_EGRESS_SOCKET_UID", bad)]).unwrap_err();
+            assert!(
+                e.to_string().contains("OPENSANDBOX_EGRESS_SOCKET_UID"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

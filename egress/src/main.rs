@@ -50,14 +50,17 @@ fn run() -> anyhow::Result<()> {
                 Some((level, id)) => Some(Own::Cgroup { level, id }),
                 None if cfg.redirect => {
                     // No cgroup v2 of its own (a Docker host on cgroup v1, or
-                    // the root cgroup): egress's sockets carry a random mark,
-                    // as upstream's carried 0x1. A sandbox process allowed to
-                    // set marks could guess it; the cgroup could not be forged.
+                    // the root cgroup): egress's sockets carry a random mark
+                    // (upstream's carried 0x1) and a dedicated owner uid. To
+                    // pass, a sandbox process must set marks, guess this one
+                    // and take that uid; a cgroup could not be forged at all.
                     tracing::warn!(
-                        "no cgroup v2 of its own: egress's sockets are told apart by a random socket mark; \
-                         drop CAP_NET_ADMIN and CAP_NET_RAW in the sandbox so it cannot set marks"
+                        uid = cfg.socket_uid,
+                        "no cgroup v2 of its own: egress's sockets are told apart by a random socket mark \
+                         and their owner uid; the sandbox must not run as that uid nor hold CAP_SETUID \
+                         together with CAP_NET_RAW or CAP_NET_ADMIN"
                     );
-                    Some(egress::nft::own::use_random_mark())
+                    Some(egress::nft::own::use_mark(cfg.socket_uid))
                 }
                 None => None,
             };

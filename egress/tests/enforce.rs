@@ -303,12 +303,21 @@ fn without_a_cgroup_of_its_own_egress_marks_its_sockets() {
             .unwrap();
         let rs = String::from_utf8_lossy(&rs.stdout);
         assert!(rs.contains("socket mark"), "{rs}");
+        // The mark egress chose, as a process that could read the ruleset
+        // would know it: not enough without egress's socket uid.
+        let mark = rs
+            .split("socket mark ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|m| u32::from_str_radix(m.trim_start_matches("0x"), 16).ok())
+            .unwrap_or_else(|| panic!("no mark in {rs}"));
+        assert!(rs.contains("meta skuid 4000000000"), "{rs}");
         // egress's own queries reach the resolver; the sandbox's (to any
         // address, unmarked or with upstream's mark 0x1) go to the proxy.
         let m = query_with_mark("198.51.100.1:53", "allowed.test.", 0).expect("redirected answer");
         assert_eq!(addrs(&m), [Ipv4Addr::new(10, 0, 0, 1)]);
         assert!(can_send("10.0.0.1:443"), "learned through the redirect");
-        for mark in [0u32, 1] {
+        for mark in [0u32, 1, mark] {
             let m =
                 query_with_mark("127.0.0.1:53", "denied.test.", mark).expect("redirected answer");
             assert_eq!(rcode(&m), ResponseCode::NXDomain, "mark {mark:#x}");

@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UdpSocket;
 
 use std::sync::Arc;
 
@@ -47,13 +46,7 @@ pub(super) async fn exchange(
 }
 
 pub(super) async fn udp(up: SocketAddr, query: &[u8], timeout: Duration) -> Option<Vec<u8>> {
-    let local: SocketAddr = if up.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let sock = UdpSocket::bind(local).await.ok()?;
-    crate::nft::own::mark_socket(&sock).ok()?;
+    let sock = crate::nft::own::udp_for(up).ok()?;
     sock.connect(up).await.ok()?;
     sock.send(query).await.ok()?;
     let deadline = tokio::time::Instant::now() + timeout;

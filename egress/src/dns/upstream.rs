@@ -30,13 +30,7 @@ pub struct UdpUpstream {
 impl UdpUpstream {
     /// Connects a socket to `addr` and starts its reader.
     pub async fn connect(addr: SocketAddr) -> std::io::Result<Arc<Self>> {
-        let local: SocketAddr = if addr.is_ipv4() {
-            ([0, 0, 0, 0], 0).into()
-        } else {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-        };
-        let sock = UdpSocket::bind(local).await?;
-        crate::nft::own::mark_socket(&sock)?;
+        let sock = crate::nft::own::udp_for(addr)?;
         sock.connect(addr).await?;
         let up = Arc::new(Self {
             sock,

@@ -1,11 +1,15 @@
 //! How the ruleset tells egress's own sockets from the sandbox's: by
 //! egress's cgroup v2 when it has one of its own, else by a socket mark
-//! (upstream always used mark 0x1). The mark is random per start, so a
-//! sandbox process that may set marks (`CAP_NET_ADMIN`, or `CAP_NET_RAW` on
-//! Linux 5.17+) has to guess it; only the cgroup is airtight.
+//! (upstream always used mark 0x1) together with a socket owner uid. The mark
+//! is random per start and the uid is one the sandbox should not hold, so a
+//! sandbox process needs to guess the mark *and* be able to take that uid
+//! (`CAP_SETUID`); only the cgroup is airtight.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
+
+use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+use nix::unistd::{setfsuid, Uid};
 
 /// egress's own traffic, as the ruleset matches it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,14 +21,24 @@ pub enum Own {
         /// The cgroup's id (inode).
         id: u64,
     },
-    /// Packets carrying this mark (set on every socket egress opens).
-    Mark(u32),
+    /// Sockets carrying `mark` and, when the kernel let egress set it,
+    /// owned by `uid` (both set on every socket egress opens).
+    Mark {
+        /// The socket mark.
+        mark: u32,
+        /// The socket owner.
+        uid: Option<u32>,
+    },
 }
 
 static SOCKET_MARK: AtomicU32 = AtomicU32::new(0);
+static SOCKET_UID: AtomicU32 = AtomicU32::new(0);
 
-/// A random non-zero mark, and from now on every socket egress opens carries it.
-pub fn use_random_mark() -> Own {
+/// A random non-zero mark and the owner `uid`: from now on every socket
+/// egress opens through this module carries both. The uid is dropped (with
+/// a warning) when sockets cannot be given it, e.g. in a user namespace
+/// that does not map it.
+pub fn use_mark(uid: u32) -> Own {
     let mut mark = 0u32;
     while mark == 0 {
         use std::hash::{BuildHasher, Hasher};
@@ -36,15 +50,27 @@ pub fn use_random_mark() -> Own {
         );
         mark = u32::try_from(h.finish() & 0xffff_ffff).unwrap_or(1);
     }
+    SOCKET_UID.store(uid, Ordering::Relaxed);
     SOCKET_MARK.store(mark, Ordering::Relaxed);
-    Own::Mark(mark)
+    let owner = new_socket(false, SockType::Datagram)
+        .and_then(|fd| nix::sys::stat::fstat(&fd).map_err(std::io::Error::from))
+        .map(|st| st.st_uid);
+    if uid != 0 && owner.as_ref().ok() == Some(&uid) {
+        return Own::Mark {
+            mark,
+            uid: Some(uid),
+        };
+    }
+    tracing::warn!(
+        uid,
+        ?owner,
+        "egress's sockets cannot be owned by the socket uid; matching the mark alone"
+    );
+    SOCKET_UID.store(0, Ordering::Relaxed);
+    Own::Mark { mark, uid: None }
 }
 
-/// Puts the mark on `sock` when egress identifies itself by mark (no-op otherwise).
-///
-/// # Errors
-/// The kernel refused `SO_MARK` (egress lacks `CAP_NET_ADMIN`).
-pub fn mark_socket(sock: &impl AsFd) -> std::io::Result<()> {
+fn mark_socket(sock: &impl AsFd) -> std::io::Result<()> {
     let mark = SOCKET_MARK.load(Ordering::Relaxed);
     if mark == 0 {
         return Ok(());
@@ -53,16 +79,58 @@ pub fn mark_socket(sock: &impl AsFd) -> std::io::Result<()> {
         .map_err(std::io::Error::from)
 }
 
-/// A TCP connection to `addr` that carries the mark.
+/// A new socket of `family`/`kind`, owned by the configured uid and marked
+/// when egress identifies itself by mark (a plain socket otherwise).
+fn new_socket(v6: bool, kind: SockType) -> std::io::Result<OwnedFd> {
+    let family = if v6 {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
+    };
+    let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
+    let uid = SOCKET_UID.load(Ordering::Relaxed);
+    let fd = if SOCKET_MARK.load(Ordering::Relaxed) != 0 && uid != 0 {
+        // The socket's owner is the creating thread's fsuid (per thread, so
+        // no other thread is affected); restored at once.
+        let before = setfsuid(Uid::from_raw(uid));
+        let made = socket(family, kind, flags, None);
+        setfsuid(before);
+        made
+    } else {
+        socket(family, kind, flags, None)
+    }
+    .map_err(std::io::Error::from)?;
+    mark_socket(&fd)?;
+    Ok(fd)
+}
+
+/// A UDP socket for talking to `peer`, bound to the unspecified address.
+///
+/// # Errors
+/// Socket creation, marking or binding failed.
+pub fn udp_for(peer: std::net::SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
+    let fd = new_socket(peer.is_ipv6(), SockType::Datagram)?;
+    let std_sock = std::net::UdpSocket::from(fd);
+    let local: std::net::SocketAddr = if peer.is_ipv6() {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    nix::sys::socket::bind(
+        std::os::fd::AsRawFd::as_raw_fd(&std_sock),
+        &nix::sys::socket::SockaddrStorage::from(local),
+    )
+    .map_err(std::io::Error::from)?;
+    tokio::net::UdpSocket::from_std(std_sock)
+}
+
+/// A TCP connection to `addr` from a socket of egress's own.
 ///
 /// # Errors
 /// Socket creation, marking or connecting failed.
 pub async fn connect(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
-    let sock = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    mark_socket(&sock)?;
-    sock.connect(addr).await
+    let fd = new_socket(addr.is_ipv6(), SockType::Stream)?;
+    tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(fd))
+        .connect(addr)
+        .await
 }

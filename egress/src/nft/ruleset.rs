@@ -203,7 +203,13 @@ pub struct Options {
 fn is_own(x: &mut Exprs, own: Own) -> &mut Exprs {
     match own {
         Own::Cgroup { level, id } => x.socket_cgroup(level).cmp(true, &id.to_ne_bytes()),
-        Own::Mark(mark) => x.socket_mark().cmp(true, &mark.to_ne_bytes()),
+        Own::Mark { mark, uid } => {
+            x.socket_mark().cmp(true, &mark.to_ne_bytes());
+            match uid {
+                Some(uid) => x.meta(MetaKey::SkUid).cmp(true, &uid.to_ne_bytes()),
+                None => x,
+            }
+        }
     }
 }
 
@@ -537,6 +543,11 @@ fn zone_chains(b: &mut Batch, own: Own) {
                         .cmp(true, &[proto])
                         .payload(Base::Transport, offset, 2)
                         .cmp(true, &53u16.to_be_bytes());
+                    // Incoming packets have no socket owner yet: the mark alone.
+                    let own = match own {
+                        Own::Mark { mark, .. } if hook == 0 => Own::Mark { mark, uid: None },
+                        o => o,
+                    };
                     is_own(x, own).ct_zone(OWN_ZONE);
                 },
             );
