@@ -28,8 +28,10 @@ docker run -d --name "egress-$tag" --cap-add NET_ADMIN \
 pid=$(docker inspect -f '{{.State.Pid}}' "egress-$tag")
 for _ in $(seq 50); do nsenter -t "$pid" -n curl -fsS -m 2 127.0.0.1:18080/healthz >/dev/null 2>&1 && break; sleep 0.1; done
 echo "egress /healthz $(nsenter -t "$pid" -n curl -fsS -m 2 127.0.0.1:18080/healthz)"
-nsenter -t "$pid" -n nft list table inet opensandbox | grep -Eq 'socket (mark|cgroupv2)' \
-  || { echo "egress: no own-traffic exemption in the ruleset"; docker logs "egress-$tag"; exit 1; }
+# (captured first: grep -q closing the pipe early would fail the pipeline under pipefail)
+ruleset=$(nsenter -t "$pid" -n nft list table inet opensandbox)
+grep -Eq 'socket (mark|cgroupv2)' <<<"$ruleset" \
+  || { echo "egress: no own-traffic exemption in the ruleset"; echo "$ruleset"; docker logs "egress-$tag"; exit 1; }
 # A query to any resolver address is answered by the proxy: NXDOMAIN (rcode 3) for a denied name.
 rcode=$(nsenter -t "$pid" -n python3 - <<'PY'
 import socket, struct
