@@ -48,9 +48,7 @@ fn answers_open_exactly_their_addresses() {
     if skip("answers_open_exactly_their_addresses") {
         return;
     }
-    let ns = Netns::new("answers");
-    std::thread::spawn(move || {
-        ns.enter();
+    Netns::new("answers").run(move || {
         let w = world();
         let e = start(&w, RULES);
         // Nothing is reachable before a lookup, CIDR rules are.
@@ -86,9 +84,7 @@ fn answers_open_exactly_their_addresses() {
         assert!(!can_send("10.6.1.1:443"));
         let (_, v) = e.json("GET", "/policy", None);
         assert_eq!(v["enforcementMode"], "dns+nft");
-    })
-    .join()
-    .unwrap();
+    });
 }
 
 fn wait_closed(addr: &str, limit: Duration) -> bool {
@@ -107,9 +103,7 @@ fn a_crash_keeps_the_sandbox_closed() {
     if skip("a_crash_keeps_the_sandbox_closed") {
         return;
     }
-    let ns = Netns::new("crash");
-    std::thread::spawn(move || {
-        ns.enter();
+    Netns::new("crash").run(move || {
         let w = world();
         let e = start(&w, RULES);
         assert!(!can_send("11.0.0.1:443"));
@@ -126,9 +120,7 @@ fn a_crash_keeps_the_sandbox_closed() {
         );
         assert!(can_send("10.0.0.1:443"));
         assert!(!can_send("11.0.0.1:443"));
-    })
-    .join()
-    .unwrap();
+    });
 }
 
 /// A DNS query over UDP from a socket carrying `mark` (0 = none).
@@ -181,9 +173,7 @@ fn all_dns_goes_through_the_proxy_and_marks_do_not_escape() {
     let Some(cg) = Cgroup::new("redirect") else {
         panic!("cgroup v2 is not mounted: egress cannot tell its own traffic apart");
     };
-    let ns = Netns::new("redirect");
-    std::thread::spawn(move || {
-        ns.enter();
+    Netns::new("redirect").run(move || {
         let (w, e) = redirecting_egress(&cg.path);
         // Any resolver address: the answer comes from the proxy.
         let m = query_with_mark("198.51.100.1:53", "allowed.test.", 0).expect("redirected answer");
@@ -232,9 +222,7 @@ fn all_dns_goes_through_the_proxy_and_marks_do_not_escape() {
             "egress itself reached the resolver"
         );
         drop(e);
-    })
-    .join()
-    .unwrap();
+    });
 }
 
 #[test]
@@ -242,9 +230,7 @@ fn doh_and_quic_on_443_can_be_blocked() {
     if skip("doh_and_quic_on_443_can_be_blocked") {
         return;
     }
-    let ns = Netns::new("doh");
-    std::thread::spawn(move || {
-        ns.enter();
+    Netns::new("doh").run(move || {
         let w = world();
         let upstream = w.addr.to_string();
         let allow_all = r#"{"defaultAction":"allow"}"#;
@@ -278,9 +264,7 @@ fn doh_and_quic_on_443_can_be_blocked() {
         );
         assert!(can_send("10.8.1.1:80"));
         drop(e);
-    })
-    .join()
-    .unwrap();
+    });
 }
 
 #[test]
@@ -288,9 +272,7 @@ fn without_a_cgroup_of_its_own_egress_marks_its_sockets() {
     if skip("without_a_cgroup_of_its_own_egress_marks_its_sockets") {
         return;
     }
-    let ns = Netns::new("nocg");
-    std::thread::spawn(move || {
-        ns.enter();
+    Netns::new("nocg").run(move || {
         // egress in the root cgroup (which the sandbox may share), as on a
         // Docker host with cgroup v1: it falls back to a random socket mark.
         let root = Cgroup::new("root-probe").unwrap();
@@ -328,9 +310,7 @@ fn without_a_cgroup_of_its_own_egress_marks_its_sockets() {
             "egress itself reached the resolver"
         );
         drop(e);
-    })
-    .join()
-    .unwrap();
+    });
 }
 
 #[test]
@@ -339,9 +319,7 @@ fn ipv6_dns_is_redirected_too() {
         return;
     }
     let cg = Cgroup::new("v6dns").unwrap();
-    let ns = Netns::new("v6dns");
-    std::thread::spawn(move || {
-        ns.enter();
+    Netns::new("v6dns").run(move || {
         let st = std::process::Command::new("sh")
             .arg("-c")
             .arg("ip -6 addr add 2001:db8:ffff::1/64 dev v0 nodad && ip -6 route add default via 2001:db8:ffff::2 dev v0 \
@@ -367,7 +345,5 @@ fn ipv6_dns_is_redirected_too() {
         let m = dns_udp("[2001:db8:ffff::53]:53".parse().unwrap(), "denied.test.", hickory_proto::rr::RecordType::A);
         assert_eq!(rcode(&m), ResponseCode::NXDomain);
         drop(e);
-    })
-    .join()
-    .unwrap();
+    });
 }

@@ -2,16 +2,12 @@
 //! the test's own (needs root; CI runs as root).
 #![allow(clippy::unwrap_used)]
 
-use std::net::UdpSocket;
 use std::process::Command;
 
 use egress::nft::{apply_full, ruleset::Options, teardown};
 use egress::policy::Policy;
+use netns_tests::{can_send, is_root};
 use serde_json::Value;
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
 
 /// Runs `f` on a thread inside a new network namespace (which dies with it).
 fn in_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -63,22 +59,6 @@ fn find<'a>(rs: &'a Value, kind: &str, name: &str) -> Option<&'a Value> {
         .iter()
         .filter_map(|o| o.get(kind))
         .find(|o| o["name"] == name)
-}
-
-/// Whether the kernel lets a UDP datagram to `addr` out (a drop in the
-/// output hook fails the send with EPERM).
-fn can_send(addr: &str) -> bool {
-    let s = UdpSocket::bind(if addr.starts_with('[') {
-        "[::]:0"
-    } else {
-        "0.0.0.0:0"
-    })
-    .unwrap();
-    match s.send_to(b"x", addr) {
-        Ok(_) => true,
-        Err(e) if e.raw_os_error() == Some(1) => false,
-        Err(e) => panic!("send to {addr}: {e}"),
-    }
 }
 
 #[test]

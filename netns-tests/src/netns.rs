@@ -43,8 +43,20 @@ impl Netns {
     /// Moves the calling thread into the namespace (its children and the
     /// sockets it opens then live there).
     pub fn enter(&self) {
-        let f = std::fs::File::open(format!("/var/run/netns/{}", self.name)).unwrap();
-        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        enter_netns(&self.name);
+    }
+
+    /// Runs `f` on a thread inside this namespace and waits for it; the
+    /// namespace is removed when the thread ends, even on a panic (which
+    /// is then re-raised here).
+    pub fn run(self, f: impl FnOnce() + Send + 'static) {
+        std::thread::spawn(move || {
+            self.enter();
+            f();
+            drop(self);
+        })
+        .join()
+        .unwrap();
     }
 }
 
@@ -56,10 +68,21 @@ impl Drop for Netns {
     }
 }
 
-/// Whether a UDP datagram to `addr` may leave (a drop in the output hook
-/// fails the send with EPERM).
+/// Moves the calling thread into the named network namespace.
+pub fn enter_netns(name: &str) {
+    let f = std::fs::File::open(format!("/var/run/netns/{name}")).unwrap();
+    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+}
+
+/// Whether a UDP datagram to `addr` (`ip:port` or `[ipv6]:port`) may leave
+/// (a drop in the output hook fails the send with EPERM).
 pub fn can_send(addr: &str) -> bool {
-    let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+    let s = UdpSocket::bind(if addr.starts_with('[') {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    })
+    .unwrap();
     match s.send_to(b"x", addr) {
         Ok(_) => true,
         Err(e) if e.raw_os_error() == Some(1) => false,

@@ -41,11 +41,6 @@ fn sh(cmd: &str) {
     assert!(st.success(), "{cmd}");
 }
 
-fn enter(name: &str) {
-    let f = std::fs::File::open(format!("/var/run/netns/{name}")).unwrap();
-    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-}
-
 impl Topology {
     /// Builds both namespaces and starts the world's services (a resolver
     /// answering `zone`, and the TCP servers).
@@ -80,7 +75,7 @@ impl Topology {
             .collect();
         let world = t.world.clone();
         std::thread::spawn(move || {
-            enter(&world);
+            crate::netns::enter_netns(&world);
             let z: Vec<(&str, Vec<Ipv4Addr>)> =
                 zone.iter().map(|(n, a)| (n.as_str(), a.clone())).collect();
             // Runs until the namespace goes (its threads keep serving).
@@ -109,7 +104,7 @@ impl Topology {
 
     /// Moves the calling thread into the sandbox namespace.
     pub fn enter_sandbox(&self) {
-        enter(&self.sandbox);
+        crate::netns::enter_netns(&self.sandbox);
     }
 }
 
