@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 pub struct Metrics {
     /// Refused names (`egress.policy.denied_total`).
     pub denied: AtomicU64,
-    /// Forwarded queries and their total duration in nanoseconds (`egress.dns.query.duration`).
+    /// Forwarded queries (the count of `egress.dns.query.duration`).
     pub queries: AtomicU64,
     /// Sum of forwarded query durations, nanoseconds.
     pub query_nanos: AtomicU64,

@@ -104,24 +104,14 @@ fn new_socket(v6: bool, kind: SockType) -> std::io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// A UDP socket for talking to `peer`, bound to the unspecified address.
+/// An unbound UDP socket of `peer`'s family (connecting it picks the
+/// local address and port).
 ///
 /// # Errors
-/// Socket creation, marking or binding failed.
+/// Socket creation or marking failed.
 pub fn udp_for(peer: std::net::SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
     let fd = new_socket(peer.is_ipv6(), SockType::Datagram)?;
-    let std_sock = std::net::UdpSocket::from(fd);
-    let local: std::net::SocketAddr = if peer.is_ipv6() {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    };
-    nix::sys::socket::bind(
-        std::os::fd::AsRawFd::as_raw_fd(&std_sock),
-        &nix::sys::socket::SockaddrStorage::from(local),
-    )
-    .map_err(std::io::Error::from)?;
-    tokio::net::UdpSocket::from_std(std_sock)
+    tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(fd))
 }
 
 /// A TCP connection to `addr` from a socket of egress's own.
