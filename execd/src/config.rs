@@ -75,6 +75,8 @@ pub struct Config {
     pub max_commands: usize,
     /// Most bash sessions at once (`-max-sessions`, `EXECD_MAX_SESSIONS`, default 1024).
     pub max_sessions: usize,
+    /// Most file watches at once (`-max-watches`, `EXECD_MAX_WATCHES`, default 64).
+    pub max_watches: usize,
     /// Largest spooled log of one background command; output past it is
     /// dropped and counted (`-max-log-bytes`, `EXECD_MAX_LOG_BYTES`, default 1 GiB).
     pub max_log_bytes: u64,
@@ -101,6 +103,7 @@ impl Default for Config {
             session_idle_timeout: Duration::from_secs(24 * 3600),
             max_commands: 4096,
             max_sessions: 1024,
+            max_watches: 64,
             max_log_bytes: 1 << 30,
             warm_shells: 2,
         }
@@ -146,6 +149,7 @@ pub const USAGE: &str = "Usage of execd:
   -session-idle-timeout dur          close idle bash sessions (env EXECD_SESSION_IDLE_TIMEOUT, default 24h)
   -max-commands int                  running commands at most (env EXECD_MAX_COMMANDS, default 4096)
   -max-sessions int                  bash sessions at most (env EXECD_MAX_SESSIONS, default 1024)
+  -max-watches int                   file watches at most (env EXECD_MAX_WATCHES, default 64)
   -max-log-bytes int                 spooled log bytes per background command (env EXECD_MAX_LOG_BYTES, default 1073741824)
   -warm-shells int                   shells kept ready for the next command, 0-64 (env EXECD_WARM_SHELLS, default 2)
 ";
@@ -170,6 +174,7 @@ const FLAGS: &[(&str, Option<&str>)] = &[
     ("session-idle-timeout", Some("EXECD_SESSION_IDLE_TIMEOUT")),
     ("max-commands", Some("EXECD_MAX_COMMANDS")),
     ("max-sessions", Some("EXECD_MAX_SESSIONS")),
+    ("max-watches", Some("EXECD_MAX_WATCHES")),
     ("max-log-bytes", Some("EXECD_MAX_LOG_BYTES")),
     ("warm-shells", Some("EXECD_WARM_SHELLS")),
 ];
@@ -276,6 +281,7 @@ impl Config {
                 }
                 "max-commands" => cfg.max_commands = positive_int(&value).map_err(invalid)?,
                 "max-sessions" => cfg.max_sessions = positive_int(&value).map_err(invalid)?,
+                "max-watches" => cfg.max_watches = positive_int(&value).map_err(invalid)?,
                 "max-log-bytes" => {
                     cfg.max_log_bytes = positive_int::<u64>(&value).map_err(invalid)?;
                 }

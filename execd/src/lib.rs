@@ -10,13 +10,21 @@
 //! - [`session`]: persistent bash sessions.
 //! - [`pathutil`]: `$VAR`, `${VAR}` and `~` expansion shared by every route taking a path.
 //!
-//! Seams for later issues: files and the port proxy go in `files/` and `proxy/`,
-//! PTY in `pty/`, code contexts in `code/` (backed by the `kernels` crate).
+//! - [`files`]: files and directories: info, listing, search, batch edits,
+//!   streaming uploads and downloads.
+//! - [`proxy`]: `/proxy/{port}/…`, the reverse proxy to services in the sandbox.
+//! - [`watch`]: live file watching (our extension, `GET /files/watch`).
+//!
+//! Seams for later issues: PTY in `pty/`, code contexts in `code/` (backed by
+//! the `kernels` crate).
 
 pub mod api;
 pub mod command;
 pub mod config;
+pub mod files;
 pub mod pathutil;
 pub mod process;
+pub mod proxy;
 pub mod session;
+pub mod watch;
 pub mod wire;

@@ -2,10 +2,12 @@
 //! `{"code","message"}` body, with upstream's codes and message formats.
 
 use http::{header, HeaderValue, Response, StatusCode};
+use nix::errno::Errno;
 use serde::Serialize;
 
 use super::body::Body;
 use crate::command::CommandError;
+use crate::files::FileError;
 use crate::session::SessionError;
 use crate::wire::json::to_go_json;
 
@@ -90,6 +92,48 @@ impl ApiError {
                 Self::runtime("error interruptting code context. no such session")
             }
             other => Self::runtime(format!("error running commands {other}")),
+        }
+    }
+
+    /// Maps a files failure: 400 for bad input, 404 for a missing path, 403
+    /// `PERMISSION_DENIED`, 507 `NO_SPACE` for a full disk, 500 otherwise.
+    pub fn from_file(e: FileError) -> Self {
+        match e {
+            FileError::BadPath(m) | FileError::Invalid(m) => Self::bad_request(m),
+            FileError::NotFound(m) => Self::new(
+                StatusCode::NOT_FOUND,
+                "FILE_NOT_FOUND",
+                format!("file not found. {m}"),
+            ),
+            FileError::Io { ref source, .. } => {
+                let (status, code) = match source.raw_os_error().map(Errno::from_raw) {
+                    Some(Errno::EACCES | Errno::EPERM | Errno::EROFS) => {
+                        (StatusCode::FORBIDDEN, "PERMISSION_DENIED")
+                    }
+                    Some(Errno::ENOSPC | Errno::EDQUOT) => {
+                        (StatusCode::INSUFFICIENT_STORAGE, "NO_SPACE")
+                    }
+                    _ => (StatusCode::INTERNAL_SERVER_ERROR, "RUNTIME_ERROR"),
+                };
+                Self::new(status, code, e.to_string())
+            }
+            FileError::Upload { code, message } => {
+                Self::new(StatusCode::BAD_REQUEST, code, message)
+            }
+            FileError::Conflict(m) => Self::new(StatusCode::CONFLICT, "FILE_EXISTS", m),
+            FileError::TooLarge(m) => Self::new(StatusCode::PAYLOAD_TOO_LARGE, "FILE_TOO_LARGE", m),
+            FileError::Batch { total, failures } => {
+                let message = FileError::batch_message(total, &failures);
+                // The first failure decides status and code.
+                match failures.into_iter().next() {
+                    Some((_, first)) => {
+                        let first = Self::from_file(first);
+                        Self::new(first.status, first.code, message)
+                    }
+                    None => Self::runtime(message),
+                }
+            }
+            other => Self::runtime(other.to_string()),
         }
     }
 

@@ -4,8 +4,10 @@
 pub mod body;
 mod commands;
 pub mod error;
+mod files;
 pub mod query;
 mod sessions;
+mod watch;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -31,6 +33,12 @@ use error::ApiError;
 
 /// Largest JSON request body accepted.
 pub const MAX_JSON_BODY: usize = 16 << 20;
+/// Largest read buffer of a connection, which also bounds a request's
+/// header block (larger heads get 431). musl's allocator maps and unmaps
+/// every buffer of a few tens of KiB; with hyper's default (about 400 KiB)
+/// faulting in and zeroing those fresh pages took half of a streaming
+/// upload's time. 16 KiB buffers come from its slabs.
+const READ_BUFFER_MAX: usize = 16 << 10;
 /// Time allowed to receive a request's headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often expired records and idle sessions are swept, at most.
@@ -44,6 +52,8 @@ pub struct App {
     cfg: Arc<Config>,
     commands: Arc<Commands>,
     sessions: Arc<Sessions>,
+    /// execd's own environment, against which request paths are expanded.
+    env: Arc<Env>,
 }
 
 impl App {
@@ -52,7 +62,8 @@ impl App {
         let cfg = Arc::new(cfg);
         Arc::new(Self {
             commands: Commands::new(cfg.clone(), base_env.clone()),
-            sessions: Sessions::new(cfg.clone(), base_env),
+            sessions: Sessions::new(cfg.clone(), base_env.clone()),
+            env: Arc::new(base_env),
             cfg,
         })
     }
@@ -83,6 +94,9 @@ impl App {
 
 /// Serves HTTP/1.1 on `listener` until the process ends.
 pub async fn serve(listener: TcpListener, app: Arc<App>) {
+    if let Ok(local) = listener.local_addr() {
+        crate::proxy::register_own_port(local.port());
+    }
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -96,10 +110,15 @@ pub async fn serve(listener: TcpListener, app: Arc<App>) {
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(app.clone(), req));
+            let svc = service_fn(move |mut req: Request<Incoming>| {
+                // The proxy reports the client's address to backends.
+                req.extensions_mut().insert(peer);
+                handle(app.clone(), req)
+            });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(READ_BUFFER_MAX)
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(stream), svc)
                 .with_upgrades();
@@ -152,6 +171,9 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, 
         return Ok(error::json_response(StatusCode::UNAUTHORIZED, body));
     }
     let path = req.uri().path().to_string();
+    if path == "/proxy" || path.starts_with("/proxy/") {
+        return Ok(crate::proxy::forward(req).await);
+    }
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let method = req.method().clone();
     match (&method, segs.as_slice()) {
@@ -167,6 +189,18 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, 
             sessions::run(&app, id, req).await
         }
         (&Method::DELETE, ["session", id]) if !id.is_empty() => sessions::delete(&app, id),
+        (&Method::GET, ["files", "watch"]) => watch::stream(&app, &req),
+        (&Method::GET, ["files", "info"]) => files::info(&app, &req).await,
+        (&Method::DELETE, ["files"]) => files::delete_files(&app, &req).await,
+        (&Method::POST, ["files", "mv"]) => files::mv(&app, req).await,
+        (&Method::POST, ["files", "permissions"]) => files::chmod(&app, req).await,
+        (&Method::GET, ["files", "search"]) => files::search(&app, &req).await,
+        (&Method::POST, ["files", "replace"]) => files::replace(&app, req).await,
+        (&Method::POST, ["files", "upload"]) => files::upload(&app, req).await,
+        (&Method::GET, ["files", "download"]) => files::download(&app, &req).await,
+        (&Method::GET, ["directories", "list"]) => files::list(&app, &req).await,
+        (&Method::POST, ["directories"]) => files::mkdir(&app, req).await,
+        (&Method::DELETE, ["directories"]) => files::delete_dirs(&app, &req).await,
         _ => Ok(not_found()),
     }
 }

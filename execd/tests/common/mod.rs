@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -45,36 +45,62 @@ impl Execd {
     }
 
     pub fn start_with(args: &[&str], envs: &[(&str, &str)]) -> Self {
-        let bin = std::env::var("EXECD_TEST_BIN")
-            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_execd").to_string());
         let tmp = scratch("tmpdir");
+        match std::env::var("EXECD_TEST_BIN") {
+            // Another implementation: pick a free port and poll it.
+            Ok(bin) => Self::start_on_free_port(&bin, tmp, args, envs),
+            Err(_) if args.iter().any(|a| a.contains("log-level")) => {
+                Self::start_on_free_port(env!("CARGO_BIN_EXE_execd"), tmp, args, envs)
+            }
+            Err(_) => Self::start_on_port_zero(tmp, args, envs, None),
+        }
+    }
+
+    /// Starts our binary as `uid` (its spool directory handed to that user).
+    pub fn start_as(uid: u32, gid: u32) -> Self {
+        let tmp = scratch("tmpdir");
+        std::os::unix::fs::chown(&tmp, Some(uid), Some(gid)).unwrap();
+        Self::start_on_port_zero(tmp, &[], &[], Some((uid, gid)))
+    }
+
+    /// The command line shared by every way of starting execd.
+    fn command(bin: &str, port: u16, tmp: &Path, args: &[&str], envs: &[(&str, &str)]) -> Command {
+        let mut cmd = Command::new(bin);
+        cmd.arg(format!("-port={port}"))
+            .args(args)
+            .env("TMPDIR", tmp)
+            .env_remove("EXECD_ACCESS_TOKEN")
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// The access token the request headers must carry, if any.
+    fn token_of(args: &[&str], envs: &[(&str, &str)]) -> Option<String> {
+        envs.iter()
+            .find(|(k, _)| *k == "EXECD_ACCESS_TOKEN")
+            .map(|(_, v)| (*v).to_string())
+            .or_else(|| {
+                args.iter()
+                    .find_map(|a| a.strip_prefix("-access-token=").map(String::from))
+            })
+    }
+
+    fn start_on_free_port(bin: &str, tmp: PathBuf, args: &[&str], envs: &[(&str, &str)]) -> Self {
         for _ in 0..5 {
             let port = free_port();
-            let mut cmd = Command::new(&bin);
-            cmd.arg(format!("-port={port}"))
-                .args(args)
-                .env("TMPDIR", &tmp)
-                .env_remove("EXECD_ACCESS_TOKEN")
-                .stdin(Stdio::null())
+            let child = Self::command(bin, port, &tmp, args, envs)
                 .stdout(Stdio::null())
-                .stderr(Stdio::inherit());
-            for (k, v) in envs {
-                cmd.env(k, v);
-            }
-            let child = cmd.spawn().expect("start execd");
-            let token = envs
-                .iter()
-                .find(|(k, _)| *k == "EXECD_ACCESS_TOKEN")
-                .map(|(_, v)| (*v).to_string())
-                .or_else(|| {
-                    args.iter()
-                        .find_map(|a| a.strip_prefix("-access-token=").map(String::from))
-                });
+                .spawn()
+                .expect("start execd");
             let mut e = Execd {
                 child,
                 port,
                 tmp: tmp.clone(),
-                token,
+                token: Self::token_of(args, envs),
             };
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
@@ -89,6 +115,47 @@ impl Execd {
             let _ = e.child.kill();
         }
         panic!("execd did not start");
+    }
+
+    /// Starts our binary on port 0 and reads the port it got from its log:
+    /// no window in which another process can take the port.
+    fn start_on_port_zero(
+        tmp: PathBuf,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        user: Option<(u32, u32)>,
+    ) -> Self {
+        let mut cmd = Self::command(env!("CARGO_BIN_EXE_execd"), 0, &tmp, args, envs);
+        if let Some((uid, gid)) = user {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(gid);
+        }
+        let mut child = cmd.stdout(Stdio::piped()).spawn().expect("start execd");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut port = None;
+        let mut line = String::new();
+        while port.is_none() {
+            line.clear();
+            if out.read_line(&mut line).unwrap_or(0) == 0 {
+                let _ = child.kill();
+                panic!("execd exited before listening");
+            }
+            if line.contains("execd listening") {
+                port = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("local="))
+                    .and_then(|a| a.rsplit(':').next())
+                    .and_then(|p| p.parse().ok());
+            }
+        }
+        // Keep draining the log so execd never blocks on a full pipe.
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        Execd {
+            child,
+            port: port.unwrap(),
+            tmp,
+            token: Self::token_of(args, envs),
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -149,6 +216,48 @@ impl Execd {
             s.write_all(b).unwrap();
         }
         Response::read(s)
+    }
+
+    /// Sends a request with exactly these headers (plus Host, Connection,
+    /// the token and Content-Length) and body.
+    pub fn send_raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
+        let mut s = self.connect();
+        s.write_all(
+            self.head(method, path, headers, Some(body.len()))
+                .as_bytes(),
+        )
+        .unwrap();
+        s.write_all(body).unwrap();
+        Response::read(s)
+    }
+
+    /// The request head, with Content-Length when `len` is given.
+    pub fn head(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        len: Option<usize>,
+    ) -> String {
+        let mut req =
+            format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+        if let Some(t) = &self.token {
+            req.push_str(&format!("X-EXECD-ACCESS-TOKEN: {t}\r\n"));
+        }
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if let Some(n) = len {
+            req.push_str(&format!("Content-Length: {n}\r\n"));
+        }
+        req.push_str("\r\n");
+        req
     }
 
     pub fn get(&self, path: &str) -> Full {
@@ -242,7 +351,8 @@ impl Full {
 }
 
 impl Response {
-    fn read(s: TcpStream) -> Self {
+    /// Reads a response head from `s`.
+    pub fn read(s: TcpStream) -> Self {
         let mut r = BufReader::new(s);
         let mut line = String::new();
         r.read_line(&mut line).unwrap();
