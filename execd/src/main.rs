@@ -93,7 +93,16 @@ fn run(cfg: Config) -> anyhow::Result<()> {
         let app = App::new(cfg, base_env);
         app.start_maintenance();
         app.warm_up();
-        serve(listener, app).await;
+        // As PID 1 (bootstrap's EXECD_INIT=1) the kernel ignores signals
+        // without a handler: end on SIGTERM and SIGINT explicitly.
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("handle SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("handle SIGINT")?;
+        tokio::select! {
+            () = serve(listener, app) => {}
+            _ = term.recv() => tracing::info!("SIGTERM: exiting"),
+            _ = int.recv() => tracing::info!("SIGINT: exiting"),
+        }
         Ok(())
     })
 }

@@ -254,3 +254,22 @@ fn failed_starts_racing_with_exits() {
         .count();
     assert_eq!(ok, 200);
 }
+
+#[test]
+fn sigterm_and_sigint_end_execd_cleanly() {
+    for sig in ["-TERM", "-INT"] {
+        let mut e = Execd::start();
+        assert_eq!(e.get("/ping").status, 200);
+        let ok = std::process::Command::new("kill")
+            .arg(sig)
+            .arg(e.pid().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        let st = e
+            .wait_exit(std::time::Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("execd still running 5 s after {sig}"));
+        assert!(st.success(), "{sig}: {st:?}");
+    }
+}

@@ -1,4 +1,20 @@
-//! lifecycle: drives Docker and speaks the OpenSandbox Lifecycle API so that the
-//! official SDK works end to end on one machine.
+//! lifecycle: drives Docker and speaks the OpenSandbox Lifecycle API so that
+//! the official SDK works end to end on one machine.
 //!
-//! Nothing is implemented yet; issue 6 (lifecycle on Docker) fills this crate.
+//! Layout, one job per module:
+//! - [`config`]: the TOML file, flags and environment into one typed [`config::Config`].
+//! - [`store`]: the SQLite store for what Docker labels cannot hold.
+//! - [`model`]: the API's JSON.
+//! - [`docker`]: the Docker driver (containers, the execd bundle, sidecars).
+//! - [`service`]: sandbox operations, validation and expiry timers.
+//! - [`api`]: HTTP routing, the API key, request ids and error mapping.
+//!
+//! Seams for later issues: snapshots (`docker commit`, rows already in the
+//! store), volumes, the credential proxy and the server-side proxy route.
+
+pub mod api;
+pub mod config;
+pub mod docker;
+pub mod model;
+pub mod service;
+pub mod store;

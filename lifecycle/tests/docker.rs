@@ -1,0 +1,565 @@
+//! The server against the machine's Docker engine, through HTTP as a client
+//! sees it: create, execd through its endpoint, inspect of what Docker was
+//! told, pause/resume, renew, expiry, restart, list filters, bad input.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, SystemTime};
+
+use common::{can_run, create_body, request, Server, BASE_IMAGE, EGRESS_IMAGE, EXECD_IMAGE};
+use serde_json::json;
+
+const IMAGES: &[&str] = &[EXECD_IMAGE, BASE_IMAGE];
+
+/// Runs a shell command through execd's endpoint; returns (stdout, exit event).
+async fn run(endpoint: &str, cmd: &str) -> (String, String) {
+    let (authority, prefix) = endpoint.split_once('/').unwrap();
+    let r = request(
+        authority,
+        "POST",
+        &format!("/{prefix}/command"),
+        &[],
+        Some(json!({ "command": cmd }).to_string().into_bytes()),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut out = String::new();
+    let mut end = String::new();
+    for frame in r.text().split("\n\n").filter(|f| !f.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(frame).unwrap();
+        match v["type"].as_str().unwrap() {
+            "stdout" => {
+                out.push_str(v["text"].as_str().unwrap());
+                out.push('\n');
+            }
+            "execution_complete" => end = "complete".into(),
+            "error" => end = format!("exit {}", v["error"]["evalue"].as_str().unwrap_or("?")),
+            _ => {}
+        }
+    }
+    (out, end)
+}
+
+async fn endpoint(s: &Server, id: &str, port: u16) -> String {
+    let r = s
+        .call(
+            "GET",
+            &format!("/v1/sandboxes/{id}/endpoints/{port}?use_server_proxy=false"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["endpoint"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_use_inspect_and_delete() {
+    if !can_run(IMAGES) {
+        return;
+    }
+    let s = Server::start("create");
+    let r = s
+        .call(
+            "POST",
+            "/v1/sandboxes",
+            Some(create_body(json!({
+                "env": {"FOO": "bar", "DROPPED": null},
+                "metadata": {"team": "infra"},
+                "resourceLimits": {"cpu": "500m", "memory": "256Mi"},
+            }))),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let created = r.json();
+    let id = created["id"].as_str().unwrap().to_string();
+    assert_eq!(created["status"]["state"], "Running");
+    assert_eq!(created["metadata"], json!({"team": "infra"}));
+    assert_eq!(created["entrypoint"], json!(["tail", "-f", "/dev/null"]));
+    assert!(
+        created.get("platform").is_none(),
+        "null fields are omitted: {created}"
+    );
+    assert!(created["expiresAt"].as_str().unwrap().ends_with('Z'));
+
+    let got = s.sandbox(&id).await;
+    assert_eq!(got["status"]["state"], "Running");
+    assert_eq!(got["image"]["uri"], BASE_IMAGE);
+    assert_eq!(got["metadata"], json!({"team": "infra"}));
+    assert_eq!(got["expiresAt"], created["expiresAt"]);
+
+    // What Docker was told: limits, dropped capabilities, no-new-privileges.
+    let c = s.inspect(&id);
+    let hc = &c["HostConfig"];
+    assert_eq!(hc["NanoCpus"], 500_000_000);
+    assert_eq!(hc["Memory"], 256 << 20);
+    assert_eq!(hc["PidsLimit"], 4096);
+    let caps: Vec<&str> = hc["CapDrop"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for cap in ["NET_RAW", "NET_ADMIN", "SYS_ADMIN"] {
+        assert!(caps.contains(&cap), "{cap} not dropped: {caps:?}");
+    }
+    assert!(hc["SecurityOpt"].to_string().contains("no-new-privileges"));
+    assert_eq!(
+        c["Config"]["Entrypoint"],
+        json!(["/opt/opensandbox/bootstrap.sh"])
+    );
+
+    // execd answers through its endpoint; the environment arrived.
+    let ep = endpoint(&s, &id, 44772).await;
+    assert!(
+        ep.starts_with("127.0.0.1:") && ep.ends_with("/proxy/44772"),
+        "{ep}"
+    );
+    let (out, end) = run(
+        &ep,
+        "echo $FOO ${DROPPED:-unset} $OPENSANDBOX_ID; grep CapEff /proc/self/status",
+    )
+    .await;
+    assert_eq!(end, "complete");
+    let mut lines = out.lines();
+    assert_eq!(lines.next().unwrap(), format!("bar unset {id}"));
+    // NET_RAW (bit 13) and NET_ADMIN (bit 12) are not effective.
+    let eff =
+        u64::from_str_radix(lines.next().unwrap().split_whitespace().nth(1).unwrap(), 16).unwrap();
+    assert_eq!(eff & (1 << 12 | 1 << 13), 0, "CapEff {eff:x}");
+    // 8080 is published directly; 18080 answers 200 without a sidecar.
+    let http = endpoint(&s, &id, 8080).await;
+    assert!(!http.contains("/proxy/"), "{http}");
+    let e = s
+        .call("GET", &format!("/v1/sandboxes/{id}/endpoints/18080"), None)
+        .await;
+    assert_eq!(e.status, 200);
+    assert!(e.json().get("headers").is_none());
+
+    // X-Request-ID is echoed.
+    let r = request(
+        &format!("127.0.0.1:{}", s.port),
+        "GET",
+        &format!("/v1/sandboxes/{id}"),
+        &[("X-Request-ID".into(), "req-123".into())],
+        None,
+    )
+    .await;
+    assert_eq!(r.header("X-Request-ID"), Some("req-123"));
+
+    let r = s.call("DELETE", &format!("/v1/sandboxes/{id}"), None).await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    s.call("GET", &format!("/v1/sandboxes/{id}"), None)
+        .await
+        .assert_error(404, "DOCKER::SANDBOX_NOT_FOUND");
+    assert!(
+        s.containers().is_empty(),
+        "left behind: {:?}",
+        s.containers()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_clear_errors_and_leaves_nothing() {
+    if !can_run(IMAGES) {
+        return;
+    }
+    let s = Server::start("bad");
+    let cases = [
+        (
+            json!({"image": {"uri": "127.0.0.1:9/missing:latest"}}),
+            500,
+            "DOCKER::SANDBOX_IMAGE_PULL_FAILED",
+        ),
+        (json!({"timeout": 10}), 400, "SANDBOX::INVALID_PARAMETER"),
+        (
+            json!({"metadata": {"opensandbox.io/id": "x"}}),
+            400,
+            "INVALID_METADATA_LABEL",
+        ),
+        (
+            json!({"metadata": {"bad key": "x"}}),
+            400,
+            "SANDBOX::INVALID_METADATA_LABEL",
+        ),
+        (
+            json!({"resourceLimits": {"memory": "lots"}}),
+            400,
+            "SANDBOX::INVALID_PARAMETER",
+        ),
+        (
+            json!({"resourceLimits": {"cpu": "0"}}),
+            400,
+            "SANDBOX::INVALID_PARAMETER",
+        ),
+        (json!({"entrypoint": []}), 400, "DOCKER::INVALID_ENTRYPOINT"),
+        (
+            json!({"secureAccess": true}),
+            400,
+            "SANDBOX::INVALID_PARAMETER",
+        ),
+        (
+            json!({"platform": {"os": "windows", "arch": "amd64"}}),
+            400,
+            "SANDBOX::INVALID_PARAMETER",
+        ),
+        (
+            json!({"extensions": {"poolRef": "p"}}),
+            400,
+            "SANDBOX::UNSUPPORTED_POOL_REF",
+        ),
+        (json!({"snapshotId": "nope"}), 404, "SNAPSHOT::NOT_FOUND"),
+    ];
+    for (extra, status, code) in cases {
+        let r = s
+            .call("POST", "/v1/sandboxes", Some(create_body(extra.clone())))
+            .await;
+        r.assert_error(status, code);
+    }
+    // A user command that ends at once: either execd never answered (503,
+    // nothing left) or it did and the sandbox then shows the exit code.
+    let r = s
+        .call(
+            "POST",
+            "/v1/sandboxes",
+            Some(create_body(json!({"entrypoint": ["sh", "-c", "exit 3"]}))),
+        )
+        .await;
+    if r.status == 202 {
+        let id = r.json()["id"].as_str().unwrap().to_string();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = s.sandbox(&id).await;
+            if got["status"]["state"] == "Failed" {
+                assert_eq!(got["status"]["reason"], "CONTAINER_EXITED_ERROR");
+                assert_eq!(
+                    got["status"]["message"],
+                    "Sandbox container exited with code 3."
+                );
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{got}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            s.call("DELETE", &format!("/v1/sandboxes/{id}"), None)
+                .await
+                .status,
+            204
+        );
+    } else {
+        r.assert_error(503, "DOCKER::SANDBOX_EXECD_START_FAILED");
+    }
+    let raw = request(
+        &format!("127.0.0.1:{}", s.port),
+        "POST",
+        "/v1/sandboxes",
+        &[],
+        Some(b"{not json".to_vec()),
+    )
+    .await;
+    raw.assert_error(400, "SANDBOX::INVALID_PARAMETER");
+    assert!(
+        s.containers().is_empty(),
+        "left behind: {:?}",
+        s.containers()
+    );
+
+    let id = "00000000-0000-4000-8000-000000000000";
+    s.call("GET", &format!("/v1/sandboxes/{id}"), None)
+        .await
+        .assert_error(404, "DOCKER::SANDBOX_NOT_FOUND");
+    s.call("DELETE", &format!("/v1/sandboxes/{id}"), None)
+        .await
+        .assert_error(404, "DOCKER::SANDBOX_NOT_FOUND");
+    s.call("POST", &format!("/v1/sandboxes/{id}/pause"), None)
+        .await
+        .assert_error(404, "DOCKER::SANDBOX_NOT_FOUND");
+    s.call("GET", "/v1/sandboxes?page=0", None)
+        .await
+        .assert_error(400, "SANDBOX::INVALID_PARAMETER");
+    s.call("GET", "/v1/sandboxes?pageSize=201", None)
+        .await
+        .assert_error(400, "SANDBOX::INVALID_PARAMETER");
+    s.call("GET", "/v1/sandboxes?metadata=a%3D1%26broken", None)
+        .await
+        .assert_error(400, "INVALID_METADATA_FORMAT");
+    let h = s.call("GET", "/health", None).await;
+    assert_eq!((h.status, h.json()), (200, json!({"status": "healthy"})));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn api_key_is_required_when_configured() {
+    if !can_run(IMAGES) {
+        return;
+    }
+    let s = Server::start_with("auth", Some("s3cret"), "");
+    let base = format!("127.0.0.1:{}", s.port);
+    request(&base, "GET", "/v1/sandboxes", &[], None)
+        .await
+        .assert_error(401, "MISSING_API_KEY");
+    request(
+        &base,
+        "GET",
+        "/v1/sandboxes",
+        &[("OPEN-SANDBOX-API-KEY".into(), "wrong".into())],
+        None,
+    )
+    .await
+    .assert_error(401, "INVALID_API_KEY");
+    let ok = s.call("GET", "/v1/sandboxes", None).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.json()["items"], json!([]));
+    assert_eq!(
+        request(&base, "GET", "/health", &[], None).await.status,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pause_resume_list_renew_restart_and_expiry() {
+    if !can_run(IMAGES) {
+        return;
+    }
+    let mut s = Server::start("life");
+    let mut ids = Vec::new();
+    for (i, team) in ["infra", "infra", "web"].iter().enumerate() {
+        let r = s
+            .call(
+                "POST",
+                "/v1/sandboxes",
+                Some(create_body(
+                    json!({"metadata": {"team": team, "n": i.to_string()}}),
+                )),
+            )
+            .await;
+        assert_eq!(r.status, 202, "{}", r.text());
+        ids.push(r.json()["id"].as_str().unwrap().to_string());
+    }
+    // Pause and resume, with the wrong-state answers.
+    let id = ids[0].clone();
+    assert_eq!(s.act(&id, "resume").await, 409);
+    assert_eq!(s.act(&id, "pause").await, 202);
+    let got = s.sandbox(&id).await;
+    assert_eq!(got["status"]["state"], "Paused");
+    s.call("POST", &format!("/v1/sandboxes/{id}/pause"), None)
+        .await
+        .assert_error(409, "DOCKER::SANDBOX_NOT_RUNNING");
+
+    // List: filters and pagination, newest first.
+    let l = s
+        .call("GET", "/v1/sandboxes?state=paused", None)
+        .await
+        .json();
+    assert_eq!(l["items"].as_array().unwrap().len(), 1);
+    assert_eq!(l["items"][0]["id"], id.as_str());
+    let l = s
+        .call(
+            "GET",
+            "/v1/sandboxes?metadata=team%3Dinfra&pageSize=1",
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(
+        l["pagination"],
+        json!({"page": 1, "pageSize": 1, "totalItems": 2, "totalPages": 2, "hasNextPage": true})
+    );
+    assert_eq!(l["items"][0]["id"], ids[1].as_str());
+    let l = s
+        .call(
+            "GET",
+            "/v1/sandboxes?metadata=team%3Dinfra&pageSize=1&page=3",
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(l["items"], json!([]));
+    let l = s
+        .call("GET", "/v1/sandboxes?state=Running&state=Paused", None)
+        .await
+        .json();
+    assert_eq!(l["pagination"]["totalItems"], 3);
+
+    assert_eq!(s.act(&id, "resume").await, 202);
+    let got = s.sandbox(&id).await;
+    assert_eq!(got["status"]["state"], "Running");
+
+    // Metadata patch: merge, null deletes, reserved keys refused.
+    let p = s
+        .call(
+            "PATCH",
+            &format!("/v1/sandboxes/{id}/metadata"),
+            Some(json!({"team": null, "env": "stage"})),
+        )
+        .await;
+    assert_eq!(p.status, 200, "{}", p.text());
+    assert_eq!(p.json()["metadata"], json!({"env": "stage", "n": "0"}));
+    s.call(
+        "PATCH",
+        &format!("/v1/sandboxes/{id}/metadata"),
+        Some(json!({"opensandbox.io/x": "1"})),
+    )
+    .await
+    .assert_error(400, "INVALID_METADATA_LABEL");
+
+    // Renew, then restart the server: the renewal and metadata survive.
+    let later = lifecycle::model::format_time(SystemTime::now() + Duration::from_secs(3600));
+    let r = s
+        .call(
+            "POST",
+            &format!("/v1/sandboxes/{id}/renew-expiration"),
+            Some(json!({"expiresAt": later})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let renewed = r.json()["expiresAt"].as_str().unwrap().to_string();
+    s.call(
+        "POST",
+        &format!("/v1/sandboxes/{id}/renew-expiration"),
+        Some(json!({"expiresAt": "2000-01-01T00:00:00Z"})),
+    )
+    .await
+    .assert_error(400, "DOCKER::INVALID_EXPIRATION");
+    s.restart();
+    let got = s.sandbox(&id).await;
+    assert_eq!(got["expiresAt"].as_str().unwrap(), renewed);
+    assert_eq!(got["metadata"], json!({"env": "stage", "n": "0"}));
+
+    // Expiry is enforced by the running server...
+    let r = s.renew_in(&ids[1], 2).await;
+    assert_eq!(r.status, 200);
+    // ...and by a server that was down when the sandbox expired.
+    let r = s.renew_in(&ids[2], 2).await;
+    assert_eq!(r.status, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.stop();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    s.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let gone1 = s
+            .call("GET", &format!("/v1/sandboxes/{}", ids[1]), None)
+            .await
+            .status
+            == 404;
+        let gone2 = s
+            .call("GET", &format!("/v1/sandboxes/{}", ids[2]), None)
+            .await
+            .status
+            == 404;
+        if gone1 && gone2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expired sandboxes still there"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(s.containers().len(), 1, "{:?}", s.containers());
+    // Expiry while running (timer), on the survivor.
+    let soon = lifecycle::model::format_time(SystemTime::now() + Duration::from_secs(1));
+    s.call(
+        "POST",
+        &format!("/v1/sandboxes/{id}/renew-expiration"),
+        Some(json!({"expiresAt": soon})),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s
+        .call("GET", &format!("/v1/sandboxes/{id}"), None)
+        .await
+        .status
+        != 404
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timer did not expire the sandbox"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(s.containers().is_empty(), "{:?}", s.containers());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn network_policy_runs_an_egress_sidecar() {
+    if !can_run(&[EXECD_IMAGE, BASE_IMAGE, EGRESS_IMAGE]) {
+        return;
+    }
+    let s = Server::start("egress");
+    let r = s
+        .call(
+            "POST",
+            "/v1/sandboxes",
+            Some(create_body(json!({
+                "networkPolicy": {"defaultAction": "deny", "egress": [{"action": "allow", "target": "*.allowed.test"}]}
+            }))),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        s.containers().len(),
+        2,
+        "sandbox and sidecar: {:?}",
+        s.containers()
+    );
+    let c = s.inspect(&id);
+    assert!(c["HostConfig"]["NetworkMode"]
+        .as_str()
+        .unwrap()
+        .starts_with("container:"));
+
+    // The egress API through the sandbox's endpoint, with the token header.
+    let e = s
+        .call("GET", &format!("/v1/sandboxes/{id}/endpoints/18080"), None)
+        .await
+        .json();
+    let token = e["headers"]["OPENSANDBOX-EGRESS-AUTH"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ep = e["endpoint"].as_str().unwrap();
+    let (authority, prefix) = ep.split_once('/').unwrap();
+    let path = format!("/{prefix}/policy");
+    let denied = request(authority, "GET", &path, &[], None).await;
+    assert_eq!(denied.status, 401, "{}", denied.text());
+    let pol = request(
+        authority,
+        "GET",
+        &path,
+        &[("OPENSANDBOX-EGRESS-AUTH".into(), token)],
+        None,
+    )
+    .await;
+    assert_eq!(pol.status, 200, "{}", pol.text());
+    let pol = pol.json();
+    assert_eq!(pol["policy"]["defaultAction"], "deny", "{pol}");
+    assert_eq!(pol["enforcementMode"], "dns+nft", "{pol}");
+    assert_eq!(
+        pol["policy"]["egress"][0]["target"], "*.allowed.test",
+        "{pol}"
+    );
+
+    // Inside: a denied name does not resolve, and there is no NET_ADMIN.
+    let ep = endpoint(&s, &id, 44772).await;
+    let (out, _) = run(
+        &ep,
+        "getent hosts blocked.example.com && echo RESOLVED || echo REFUSED",
+    )
+    .await;
+    assert_eq!(out.trim(), "REFUSED");
+
+    assert_eq!(
+        s.call("DELETE", &format!("/v1/sandboxes/{id}"), None)
+            .await
+            .status,
+        204
+    );
+    assert!(
+        s.containers().is_empty(),
+        "sidecar left behind: {:?}",
+        s.containers()
+    );
+}
