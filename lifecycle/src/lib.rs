@@ -7,14 +7,17 @@
 //! - [`model`]: the API's JSON.
 //! - [`docker`]: the Docker driver (containers, the execd bundle, sidecars).
 //! - [`service`]: sandbox operations, validation and expiry timers.
-//! - [`api`]: HTTP routing, the API key, request ids and error mapping.
+//! - [`snapshots`]: snapshot operations (`docker commit`), restore lookup and
+//!   recovery after a restart.
+//! - [`api`]: HTTP routing, the API key, request ids, the server-side proxy
+//!   route and error mapping.
 //!
-//! Seams for later issues: snapshots (`docker commit`, rows already in the
-//! store), volumes, the credential proxy and the server-side proxy route.
+//! Seams for later issues: volumes and the credential proxy.
 
 pub mod api;
 pub mod config;
 pub mod docker;
 pub mod model;
 pub mod service;
+pub mod snapshots;
 pub mod store;

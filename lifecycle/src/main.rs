@@ -87,6 +87,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
                 .and_then(|t| i64::try_from(t).ok()),
             sandbox_env: d.sandbox_env.clone(),
             egress_mode: cfg.egress.mode.as_str().to_string(),
+            server_proxy_host: cfg.server.eip.clone(),
         },
     );
     let found = service.restore().await.context("find existing sandboxes")?;

@@ -202,6 +202,44 @@ pub struct Expiration {
     pub expires_at: String,
 }
 
+/// `POST /sandboxes/{id}/snapshots` (the body is optional).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSnapshotRequest {
+    /// Human-readable name (at least one character).
+    pub name: Option<String>,
+}
+
+/// `status` of a snapshot: same shape as a sandbox's; `state` is
+/// `Creating`, `Ready`, `Failed` or `Deleting`.
+pub type SnapshotStatus = SandboxStatus;
+
+/// A snapshot.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Snapshot {
+    /// Snapshot id (uuid4).
+    pub id: String,
+    /// The sandbox it was taken from.
+    pub sandbox_id: String,
+    /// Human-readable name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// State.
+    pub status: SnapshotStatus,
+    /// Creation time.
+    pub created_at: String,
+}
+
+/// `GET /snapshots` answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListSnapshotsResponse {
+    /// This page's snapshots.
+    pub items: Vec<Snapshot>,
+    /// Paging.
+    pub pagination: Pagination,
+}
+
 /// Formats `t` as pydantic does: UTC, microseconds unless zero, `Z`.
 pub fn format_time(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();

@@ -116,14 +116,35 @@ pub struct ServiceSettings {
     pub sandbox_env: BTreeMap<String, String>,
     /// Egress mode given to sidecars (`dns` or `dns+nft`).
     pub egress_mode: String,
+    /// Host (`host[:port]`) put into server-proxy endpoints (`server.eip`);
+    /// the request's `Host` when unset.
+    pub server_proxy_host: Option<String>,
+}
+
+/// Where the server proxy sends requests for one port of a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyTarget {
+    /// `host:port` to connect to.
+    pub authority: String,
+    /// Path put before the request's (`/proxy/{port}` through execd, or empty).
+    pub path_prefix: String,
+}
+
+/// How a client asked for a server-proxy endpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct ViaServer<'a> {
+    /// The request's `Host`.
+    pub host: &'a str,
+    /// The mount prefix the client used (`/v1` or empty).
+    pub prefix: &'a str,
 }
 
 /// The sandbox service.
 #[derive(Debug)]
 pub struct Service {
-    driver: Driver,
-    store: Arc<Store>,
-    settings: ServiceSettings,
+    pub(crate) driver: Driver,
+    pub(crate) store: Arc<Store>,
+    pub(crate) settings: ServiceSettings,
     /// Expiry timer generation per sandbox: a timer fires only if its
     /// generation is still current.
     timers: Mutex<HashMap<String, u64>>,
@@ -175,6 +196,9 @@ impl Service {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         labels.insert(self.label("id"), id.clone());
+        if let Some(snap) = &checked.snapshot_id {
+            labels.insert(self.label("snapshot-id"), snap.clone());
+        }
         match expires {
             Some(e) => labels.insert(self.label("expires-at"), format_time(e)),
             None => labels.insert(self.label("manual-cleanup"), "true".into()),
@@ -311,19 +335,23 @@ impl Service {
                 "credentialProxy is not supported by this server yet.",
             ));
         }
-        if let Some(snap) = &req.snapshot_id {
-            return Err(LifecycleError::NotFound {
-                code: "SNAPSHOT::NOT_FOUND",
-                message: format!("Snapshot {snap} not found."),
-            });
-        }
-        let image = req
-            .image
-            .as_ref()
-            .map(|i| i.uri.trim().to_string())
-            .filter(|u| !u.is_empty())
-            .ok_or_else(|| invalid(P, "image.uri is required."))?;
+        // Exactly one source: an image, or a snapshot (see `snapshots`).
+        let image = match (&req.image, &req.snapshot_id) {
+            (Some(_), Some(_)) | (None, None) => {
+                return Err(invalid(
+                    P,
+                    "exactly one of image and snapshotId is required.",
+                ))
+            }
+            (None, Some(snap)) => self.restorable_image(snap)?,
+            (Some(i), None) => Some(i.uri.trim().to_string())
+                .filter(|u| !u.is_empty())
+                .ok_or_else(|| invalid(P, "image.uri is required."))?,
+        };
         let entrypoint = match req.entrypoint.as_deref() {
+            None if req.snapshot_id.is_some() => {
+                vec!["tail".into(), "-f".into(), "/dev/null".into()]
+            }
             None | Some([]) => {
                 return Err(invalid(
                     "DOCKER::INVALID_ENTRYPOINT",
@@ -419,6 +447,7 @@ impl Service {
             timeout,
             nano_cpus,
             memory,
+            snapshot_id: req.snapshot_id.clone(),
         })
     }
 
@@ -453,12 +482,13 @@ impl Service {
             }),
             _ => None,
         };
+        let snapshot_id = v.labels.get(&self.label("snapshot-id")).cloned();
         Ok(Sandbox {
             id: v.id.clone(),
-            image: (!v.image.is_empty()).then(|| ImageRef {
+            image: (!v.image.is_empty() && snapshot_id.is_none()).then(|| ImageRef {
                 uri: v.image.clone(),
             }),
-            snapshot_id: None,
+            snapshot_id,
             platform,
             status: v.status.clone(),
             metadata: (!metadata.is_empty()).then_some(metadata),
@@ -651,8 +681,16 @@ impl Service {
         self.sandbox(&v)
     }
 
-    /// `GET /sandboxes/{id}/endpoints/{port}`.
-    pub async fn endpoint(&self, id: &str, port: &str) -> Result<Endpoint, LifecycleError> {
+    /// `GET /sandboxes/{id}/endpoints/{port}`; with `via_server`
+    /// (`use_server_proxy=true`), the server proxy's
+    /// `{host}{prefix}/sandboxes/{id}/proxy/{port}`, `host` being
+    /// `server.eip` or else the request's.
+    pub async fn endpoint(
+        &self,
+        id: &str,
+        port: &str,
+        via_server: Option<ViaServer<'_>>,
+    ) -> Result<Endpoint, LifecycleError> {
         let port: u16 = port.parse().ok().filter(|p| *p > 0).ok_or_else(|| {
             invalid(
                 "DOCKER::INVALID_PORT",
@@ -661,7 +699,14 @@ impl Service {
         })?;
         let v = self.view(id).await?;
         let host = &self.settings.public_host;
-        let endpoint = if self.driver.settings().network_mode == "host" && v.sidecar.is_none() {
+        let endpoint = if let Some(via) = via_server {
+            let base = self
+                .settings
+                .server_proxy_host
+                .as_deref()
+                .unwrap_or(via.host);
+            format!("{base}{}/sandboxes/{id}/proxy/{port}", via.prefix)
+        } else if self.driver.settings().network_mode == "host" && v.sidecar.is_none() {
             format!("{host}:{port}")
         } else {
             let via = if port == HTTP_PORT {
@@ -688,6 +733,54 @@ impl Service {
             .flatten()
             .map(|t| BTreeMap::from([("OPENSANDBOX-EGRESS-AUTH".to_string(), t.clone())]));
         Ok(Endpoint { endpoint, headers })
+    }
+
+    /// Where the server proxy sends requests for `port` of sandbox `id`: the
+    /// published execd port with `/proxy/{port}` (execd forwards inside the
+    /// sandbox), the published port itself for 8080, `127.0.0.1:{port}` in
+    /// host network mode. 409 when the sandbox is not running (a paused one
+    /// would hold the request forever).
+    pub async fn proxy_target(&self, id: &str, port: u16) -> Result<ProxyTarget, LifecycleError> {
+        let v = self.view(id).await?;
+        if !v.running {
+            return Err(LifecycleError::Conflict {
+                code: "DOCKER::SANDBOX_NOT_RUNNING",
+                message: format!("Sandbox {id} is not running (state {}).", v.status.state),
+            });
+        }
+        if self.driver.settings().network_mode == "host" && v.sidecar.is_none() {
+            return Ok(ProxyTarget {
+                authority: format!("127.0.0.1:{port}"),
+                path_prefix: String::new(),
+            });
+        }
+        let via = if port == HTTP_PORT {
+            HTTP_PORT
+        } else {
+            EXECD_PORT
+        };
+        let hp = v
+            .host_ports
+            .get(&via)
+            .copied()
+            .ok_or_else(|| LifecycleError::Start {
+                code: "DOCKER::NETWORK_MODE_ENDPOINT_UNAVAILABLE",
+                message: format!("Sandbox {id} has no published port for {via}."),
+            })?;
+        // Ports published on every address are reached on loopback.
+        let publish = &self.driver.settings().publish_host;
+        let host = match publish.parse::<std::net::IpAddr>() {
+            Ok(ip) if ip.is_unspecified() => "127.0.0.1",
+            _ => publish.as_str(),
+        };
+        Ok(ProxyTarget {
+            authority: format!("{host}:{hp}"),
+            path_prefix: if port == HTTP_PORT {
+                String::new()
+            } else {
+                format!("/proxy/{port}")
+            },
+        })
     }
 
     /// The last lines of a sandbox's output.
@@ -745,6 +838,7 @@ impl Service {
         for sc in self.driver.orphan_sidecars().await? {
             self.driver.remove_container(&sc).await;
         }
+        self.recover_snapshots().await?;
         Ok(kept)
     }
 
@@ -810,6 +904,7 @@ struct Checked {
     timeout: Option<i64>,
     nano_cpus: Option<i64>,
     memory: Option<i64>,
+    snapshot_id: Option<String>,
 }
 
 /// Kubernetes label rules for metadata (which become container labels).

@@ -208,7 +208,12 @@ async fn bad_input_gets_clear_errors_and_leaves_nothing() {
             400,
             "SANDBOX::UNSUPPORTED_POOL_REF",
         ),
-        (json!({"snapshotId": "nope"}), 404, "SNAPSHOT::NOT_FOUND"),
+        // With the image of create_body: two sources.
+        (
+            json!({"snapshotId": "nope"}),
+            400,
+            "SANDBOX::INVALID_PARAMETER",
+        ),
     ];
     for (extra, status, code) in cases {
         let r = s

@@ -2,10 +2,13 @@
 against our lifecycle server, our execd and our egress, on the machine's Docker.
 
 Usage: python sdk_e2e.py <server host:port> <sandbox image> [--egress]
-Run by lifecycle/tests/sdk.rs, which starts the server. Exits non-zero with
+(API key in E2E_API_KEY, default "e2e-key"). Run by lifecycle/tests/sdk.rs,
+which starts our server; pointed at upstream's opensandbox-server configured
+with our images it checks them as drop-ins. Exits non-zero with
 the failing check's message on any failure; kills every sandbox it made.
 """
 
+import os
 import sys
 import time
 from datetime import timedelta
@@ -22,7 +25,8 @@ from opensandbox.sync.sandbox import SandboxSync
 
 domain, image = sys.argv[1], sys.argv[2]
 with_egress = "--egress" in sys.argv
-conn = ConnectionConfigSync(domain=domain, api_key="e2e-key", request_timeout=timedelta(seconds=120))
+conn = ConnectionConfigSync(domain=domain, api_key=os.environ.get("E2E_API_KEY", "e2e-key"),
+                            request_timeout=timedelta(seconds=120))
 made = []
 
 

@@ -2,6 +2,7 @@
 //! under `/v1`), the API key, `X-Request-ID`, and the one error mapping.
 
 pub mod error;
+mod proxy;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -53,11 +54,17 @@ pub async fn serve(listener: TcpListener, app: Arc<App>) {
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(app.clone(), req));
+            let svc = service_fn(move |mut req: Request<Incoming>| {
+                // The client's address, for the server proxy's X-Forwarded-For.
+                req.extensions_mut().insert(peer);
+                handle(app.clone(), req)
+            });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(30))
-                .serve_connection(TokioIo::new(stream), svc);
+                .serve_connection(TokioIo::new(stream), svc)
+                // The server proxy's tunnels.
+                .with_upgrades();
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
@@ -68,7 +75,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>) {
 async fn handle(
     app: Arc<App>,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<proxy::Body>, Infallible> {
     let request_id = req
         .headers()
         .get("X-Request-ID")
@@ -76,10 +83,16 @@ async fn handle(
         .filter(|v| !v.is_empty() && v.len() <= 200)
         .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), String::from);
     let span = tracing::info_span!("request", id = %request_id, method = %req.method(), path = %req.uri().path());
-    let mut resp = route(&app, req)
-        .instrument(span)
-        .await
-        .unwrap_or_else(ApiError::into_response);
+    // The server proxy: no API key (as upstream), bodies streamed.
+    let mut resp = if let Some(p) = proxy::ProxyPath::parse(req.uri().path()) {
+        proxy::handle(&app.service, req, p).instrument(span).await
+    } else {
+        route(&app, req)
+            .instrument(span)
+            .await
+            .unwrap_or_else(ApiError::into_response)
+            .map(proxy::full)
+    };
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("X-Request-ID", v);
     }
@@ -179,23 +192,62 @@ async fn route(app: &App, req: Request<Incoming>) -> Reply {
                     "Signed endpoints (expires) are not supported when runtime.type='docker'.",
                 ));
             }
-            if proxy {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "SANDBOX::API_NOT_SUPPORTED",
-                    "use_server_proxy is not supported by this server yet; use the direct endpoint.",
-                ));
-            }
-            Ok(json(StatusCode::OK, &svc.endpoint(id, port).await?))
+            // Server proxy: the request's host, and the mount prefix it used.
+            let host = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(String::from)
+                .or_else(|| req.uri().authority().map(|a| a.to_string()))
+                .unwrap_or_default();
+            let via = proxy.then(|| crate::service::ViaServer {
+                host: &host,
+                prefix: if full.starts_with("/v1/") { "/v1" } else { "" },
+            });
+            Ok(json(StatusCode::OK, &svc.endpoint(id, port, via).await?))
         }
         (&Method::GET, ["sandboxes", id, "diagnostics", kind @ ("logs" | "events")]) => {
             diagnostics(svc, id, kind, req.uri().query()).await
         }
-        (_, ["sandboxes", _, "snapshots"] | ["snapshots", ..]) => Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "SNAPSHOT::NOT_IMPLEMENTED",
-            "Snapshots are not implemented by this server yet.",
-        )),
+        (&Method::POST, ["sandboxes", id, "snapshots"]) => {
+            let id = id.to_string();
+            // The body is optional.
+            let body: crate::model::CreateSnapshotRequest =
+                if hyper::body::Body::is_end_stream(req.body()) {
+                    crate::model::CreateSnapshotRequest::default()
+                } else {
+                    read_json(req).await?
+                };
+            let snap = svc.create_snapshot(&id, body).await?;
+            let mut r = json(StatusCode::ACCEPTED, &snap);
+            if let Ok(v) = HeaderValue::from_str(&format!("/v1/snapshots/{}", snap.id)) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            Ok(r)
+        }
+        (&Method::GET, ["snapshots"]) => {
+            let q = list_query(req.uri().query())?;
+            let given = pairs(req.uri().query());
+            let param = |name: &str| {
+                given
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+            };
+            let q = crate::snapshots::SnapshotQuery {
+                sandbox_id: param("sandboxId"),
+                name: param("name"),
+                states: q.states,
+                page: q.page,
+                page_size: q.page_size,
+            };
+            Ok(json(StatusCode::OK, &svc.list_snapshots(&q)?))
+        }
+        (&Method::GET, ["snapshots", id]) => Ok(json(StatusCode::OK, &svc.get_snapshot(id)?)),
+        (&Method::DELETE, ["snapshots", id]) => {
+            svc.delete_snapshot(id).await?;
+            Ok(empty(StatusCode::NO_CONTENT))
+        }
         // The SDK's fire-and-forget create metric.
         (&Method::POST, ["metrics", "events"]) => Ok(empty(StatusCode::NO_CONTENT)),
         _ => Err(ApiError::new(

@@ -4,6 +4,7 @@
 
 pub mod bundle;
 pub mod resources;
+pub mod snapshot;
 pub mod state;
 
 use std::collections::{BTreeMap, HashMap};
@@ -528,11 +529,13 @@ impl Driver {
     }
 
     async fn view(&self, info: ContainerInspectResponse) -> Option<View> {
-        let labels: HashMap<String, String> = info
+        let mut labels: HashMap<String, String> = info
             .config
             .as_ref()
             .and_then(|c| c.labels.clone())
             .unwrap_or_default();
+        // Blanked by a snapshot commit (see `snapshot`): not ours.
+        labels.retain(|k, v| !(v.is_empty() && k.starts_with(&self.settings.label_prefix)));
         let id = labels.get(&self.label("id"))?.clone();
         let created = info
             .created

@@ -345,3 +345,136 @@ pub fn create_body(extra: Value) -> Value {
     }
     b
 }
+
+/// A server plus the guard of its snapshot images. Bind as
+/// `let (_images, s) = ...`: `s` is dropped (stopped) first, then the guard,
+/// so no commit of the server can land after the cleanup.
+pub fn start_for_snapshots(tag: &str) -> (SnapshotImages, Server) {
+    let s = Server::start(tag);
+    (s.snapshot_images(), s)
+}
+
+impl Server {
+    /// The repository this server commits snapshots to (from its prefix).
+    pub fn snapshot_repository(&self) -> String {
+        lifecycle::docker::snapshot::repository(&self.prefix)
+    }
+
+    /// A guard removing this server's containers and then every image of
+    /// its snapshot repository when dropped, even when the test fails.
+    pub fn snapshot_images(&self) -> SnapshotImages {
+        SnapshotImages {
+            prefix: self.prefix.clone(),
+            repository: self.snapshot_repository(),
+        }
+    }
+}
+
+/// `repository:tag` of every image in `repository`.
+pub fn images_of(repository: &str) -> Vec<String> {
+    let Ok(out) = Command::new("docker")
+        .args(["images", "--format", "{{.Repository}}:{{.Tag}}", repository])
+        .output()
+    else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+/// Whether `docker image inspect image` finds it.
+pub fn image_exists(image: &str) -> bool {
+    image_present(image)
+}
+
+/// See [`Server::snapshot_images`].
+pub struct SnapshotImages {
+    prefix: String,
+    repository: String,
+}
+
+impl Drop for SnapshotImages {
+    fn drop(&mut self) {
+        // After a failure a commit may still be finishing: look twice more.
+        let passes = if std::thread::panicking() { 3 } else { 1 };
+        for pass in 0..passes {
+            if pass > 0 {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            self.clean();
+        }
+    }
+}
+
+impl SnapshotImages {
+    fn clean(&self) {
+        // Containers first: an image in use cannot be removed.
+        let mut ids = Vec::new();
+        for key in ["id", "egress-sidecar-for"] {
+            if let Ok(out) = Command::new("docker")
+                .args(["ps", "-aq", "--filter"])
+                .arg(format!("label={}{key}", self.prefix))
+                .output()
+            {
+                ids.extend(
+                    String::from_utf8_lossy(&out.stdout)
+                        .split_whitespace()
+                        .map(String::from),
+                );
+            }
+        }
+        if !ids.is_empty() {
+            let _ = Command::new("docker")
+                .args(["rm", "-f", "-v"])
+                .args(&ids)
+                .output();
+        }
+        let images = images_of(&self.repository);
+        if !images.is_empty() {
+            let _ = Command::new("docker").arg("rmi").args(&images).output();
+        }
+    }
+}
+
+/// Runs an SDK script from `tests/` against `s` with `args` after the
+/// server address; asserts it exits 0 printing `marker`. Skips (or fails
+/// with `LIFECYCLE_TESTS_REQUIRED=1`) without an interpreter: the one in
+/// `OPENSANDBOX_SDK_PYTHON`, else `target/sdk-venv` (made by `scripts/setup.sh`).
+pub fn run_sdk_script(s: &Server, script: &str, args: &[&str], marker: &str) {
+    let py = std::env::var("OPENSANDBOX_SDK_PYTHON").map_or_else(
+        |_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/sdk-venv/bin/python"),
+        PathBuf::from,
+    );
+    if !py.exists() {
+        assert!(
+            std::env::var("LIFECYCLE_TESTS_REQUIRED").as_deref() != Ok("1"),
+            "no SDK interpreter (run scripts/setup.sh)"
+        );
+        eprintln!("SKIP: no Python with opensandbox 1.1.1 (run scripts/setup.sh)");
+        return;
+    }
+    let out = Command::new(py)
+        .arg(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("tests")
+                .join(script),
+        )
+        .arg(format!("127.0.0.1:{}", s.port))
+        .args(args)
+        .env("OPENSANDBOX_DISABLE_METRICS", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains(marker),
+        "{script} failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    );
+    assert!(
+        s.containers().is_empty(),
+        "left behind: {:?}",
+        s.containers()
+    );
+}
