@@ -90,7 +90,28 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             server_proxy_host: cfg.server.eip.clone(),
         },
     );
-    let found = service.restore().await.context("find existing sandboxes")?;
+    // Finding existing sandboxes needs the engine: retry in the background
+    // while it is down, so that the API answers (503) meanwhile.
+    let found = match service.restore().await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list existing sandboxes yet; retrying every 5 s");
+            let svc = service.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    match svc.restore().await {
+                        Ok(n) => {
+                            tracing::info!(sandboxes = n, "existing sandboxes found");
+                            return;
+                        }
+                        Err(e) => tracing::debug!(error = %e, "restore still failing"),
+                    }
+                }
+            });
+            0
+        }
+    };
     let addr = cfg.server.bind_address();
     let listener = tokio::net::TcpListener::bind(&addr)
         .await

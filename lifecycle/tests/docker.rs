@@ -568,3 +568,32 @@ async fn network_policy_runs_an_egress_sidecar() {
         s.containers()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_engine_that_is_down_gets_503_and_the_server_recovers() {
+    if !can_run(IMAGES) {
+        return;
+    }
+    let mut s = Server::start("down");
+    let r = s
+        .call("POST", "/v1/sandboxes", Some(create_body(json!({}))))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    // Restart against a Docker socket that does not exist.
+    s.restart_with_env("DOCKER_HOST", "unix:///nonexistent/docker.sock");
+    assert_eq!(s.call("GET", "/health", None).await.status, 200);
+    s.call("POST", "/v1/sandboxes", Some(create_body(json!({}))))
+        .await
+        .assert_error(503, "DOCKER::INITIALIZATION_ERROR");
+    s.call("GET", "/v1/sandboxes", None)
+        .await
+        .assert_error(503, "DOCKER::INITIALIZATION_ERROR");
+    s.call("GET", &format!("/v1/sandboxes/{id}"), None)
+        .await
+        .assert_error(503, "DOCKER::INITIALIZATION_ERROR");
+    // Back on the real engine: the sandbox is found again.
+    s.env.clear();
+    s.restart();
+    assert_eq!(s.sandbox(&id).await["status"]["state"], "Running");
+}

@@ -163,25 +163,43 @@ pub struct View {
 /// The Docker driver.
 #[derive(Debug)]
 pub struct Driver {
-    docker: Docker,
+    /// The engine client once connected (see [`Driver::docker`]).
+    engine: std::sync::Mutex<Option<Docker>>,
     settings: Settings,
     bundle: OnceCell<bytes::Bytes>,
 }
 
 impl Driver {
-    /// Connects to the engine (`DOCKER_HOST` or the local socket) and
-    /// negotiates the API version.
+    /// A driver for the engine at `DOCKER_HOST` or the local socket. It
+    /// connects (and negotiates the API version) now if it can, else on
+    /// first use: an engine that is down does not stop the server, every
+    /// operation fails with [`DockerError::Unavailable`] until it answers.
     pub async fn connect(settings: Settings) -> Result<Self, DockerError> {
-        let docker = Docker::connect_with_defaults()
+        let driver = Self {
+            engine: std::sync::Mutex::new(None),
+            settings,
+            bundle: OnceCell::new(),
+        };
+        if let Err(e) = driver.docker().await {
+            tracing::warn!(error = %e, "Docker engine not reachable; requests get 503 until it is");
+        }
+        Ok(driver)
+    }
+
+    /// The engine client, connecting on first use and after a failed connect.
+    async fn docker(&self) -> Result<Docker, DockerError> {
+        if let Some(d) = self.engine.lock().ok().and_then(|g| g.clone()) {
+            return Ok(d);
+        }
+        let d = Docker::connect_with_defaults()
             .map_err(|e| DockerError::Unavailable(e.to_string()))?
             .negotiate_version()
             .await
             .map_err(|e| DockerError::Unavailable(e.to_string()))?;
-        Ok(Self {
-            docker,
-            settings,
-            bundle: OnceCell::new(),
-        })
+        if let Ok(mut g) = self.engine.lock() {
+            *g = Some(d.clone());
+        }
+        Ok(d)
     }
 
     /// The settings.
@@ -200,7 +218,7 @@ impl Driver {
         image: &str,
         auth: Option<&(String, String)>,
     ) -> Result<(), DockerError> {
-        match self.docker.inspect_image(image).await {
+        match self.docker().await?.inspect_image(image).await {
             Ok(_) => return Ok(()),
             Err(BollardError::DockerResponseServerError {
                 status_code: 404, ..
@@ -213,7 +231,7 @@ impl Driver {
             password: Some(p.clone()),
             ..Default::default()
         });
-        let mut pull = self.docker.create_image(Some(opts), None, creds);
+        let mut pull = self.docker().await?.create_image(Some(opts), None, creds);
         while let Some(step) = pull.next().await {
             step.map_err(|e| DockerError::Image {
                 image: image.to_string(),
@@ -227,7 +245,10 @@ impl Driver {
     /// once from the execd image.
     async fn bundle(&self) -> Result<bytes::Bytes, DockerError> {
         self.bundle
-            .get_or_try_init(|| bundle::from_image(&self.docker, &self.settings.execd_image))
+            .get_or_try_init(|| async {
+                let docker = self.docker().await?;
+                bundle::from_image(&docker, &self.settings.execd_image).await
+            })
             .await
             .cloned()
     }
@@ -305,11 +326,13 @@ impl Driver {
             ..Default::default()
         };
         let opts = CreateContainerOptionsBuilder::new().name(name).build();
-        self.docker
+        self.docker()
+            .await?
             .create_container(Some(opts), body)
             .await
             .map_err(|e| DockerError::Start(format!("create egress sidecar: {e}")))?;
-        self.docker
+        self.docker()
+            .await?
             .start_container(
                 name,
                 None::<bollard::query_parameters::StartContainerOptions>,
@@ -317,7 +340,8 @@ impl Driver {
             .await
             .map_err(|e| DockerError::Start(format!("start egress sidecar: {e}")))?;
         let info = self
-            .docker
+            .docker()
+            .await?
             .inspect_container(name, None::<InspectContainerOptions>)
             .await
             .map_err(engine)?;
@@ -394,18 +418,21 @@ impl Driver {
             ..Default::default()
         };
         let opts = CreateContainerOptionsBuilder::new().name(name).build();
-        self.docker
+        self.docker()
+            .await?
             .create_container(Some(opts), body)
             .await
             .map_err(|e| DockerError::Start(format!("create container: {e}")))?;
         let upload = bollard::query_parameters::UploadToContainerOptionsBuilder::new()
             .path("/")
             .build();
-        self.docker
+        self.docker()
+            .await?
             .upload_to_container(name, Some(upload), bollard::body_full(bundle))
             .await
             .map_err(|e| DockerError::Start(format!("install execd into the container: {e}")))?;
-        self.docker
+        self.docker()
+            .await?
             .start_container(
                 name,
                 None::<bollard::query_parameters::StartContainerOptions>,
@@ -459,7 +486,8 @@ impl Driver {
     /// The sandbox with this id, if its container exists.
     pub async fn inspect(&self, id: &str) -> Result<Option<View>, DockerError> {
         match self
-            .docker
+            .docker()
+            .await?
             .inspect_container(&format!("sandbox-{id}"), None::<InspectContainerOptions>)
             .await
         {
@@ -482,7 +510,8 @@ impl Driver {
             .all(true)
             .filters(&filters)
             .build();
-        self.docker
+        self.docker()
+            .await?
             .list_containers(Some(opts))
             .await
             .map_err(engine)
@@ -496,7 +525,8 @@ impl Driver {
             let Some(id) = s.id else { continue };
             // One that vanished in between is skipped.
             if let Ok(info) = self
-                .docker
+                .docker()
+                .await?
                 .inspect_container(&id, None::<InspectContainerOptions>)
                 .await
             {
@@ -552,7 +582,9 @@ impl Driver {
         let sidecar = labels.get(&self.label("egress-sidecar")).cloned();
         let host_ports = match &sidecar {
             Some(name) => match self
-                .docker
+                .docker()
+                .await
+                .ok()?
                 .inspect_container(name, None::<InspectContainerOptions>)
                 .await
             {
@@ -584,7 +616,8 @@ impl Driver {
             .v(true)
             .build();
         match self
-            .docker
+            .docker()
+            .await?
             .remove_container(&v.container_id, Some(opts))
             .await
         {
@@ -606,21 +639,29 @@ impl Driver {
             .force(true)
             .v(true)
             .build();
-        if let Err(e) = self.docker.remove_container(name, Some(opts)).await {
+        let Ok(docker) = self.docker().await else {
+            return;
+        };
+        if let Err(e) = docker.remove_container(name, Some(opts)).await {
             tracing::debug!(container = name, error = %e, "cleanup remove failed");
         }
     }
 
     /// `docker pause` of the sandbox (and its sidecar).
     pub async fn pause(&self, v: &View) -> Result<(), DockerError> {
-        self.docker
+        self.docker()
+            .await?
             .pause_container(&v.container_id)
             .await
             .map_err(engine)?;
         if let Some(sc) = &v.sidecar {
-            if let Err(e) = self.docker.pause_container(sc).await {
+            if let Err(e) = self.docker().await?.pause_container(sc).await {
                 // Roll back: a half-paused sandbox is worse than none.
-                let _ = self.docker.unpause_container(&v.container_id).await;
+                let _ = self
+                    .docker()
+                    .await?
+                    .unpause_container(&v.container_id)
+                    .await;
                 return Err(engine(e));
             }
         }
@@ -630,9 +671,14 @@ impl Driver {
     /// `docker unpause` of the sandbox (and its sidecar).
     pub async fn unpause(&self, v: &View) -> Result<(), DockerError> {
         if let Some(sc) = &v.sidecar {
-            self.docker.unpause_container(sc).await.map_err(engine)?;
+            self.docker()
+                .await?
+                .unpause_container(sc)
+                .await
+                .map_err(engine)?;
         }
-        self.docker
+        self.docker()
+            .await?
             .unpause_container(&v.container_id)
             .await
             .map_err(engine)
@@ -647,7 +693,8 @@ impl Driver {
             .tail(&tail.to_string())
             .build();
         let mut out = String::new();
-        let mut s = self.docker.logs(&v.container_id, Some(opts));
+        let docker = self.docker().await?;
+        let mut s = docker.logs(&v.container_id, Some(opts));
         while let Some(chunk) = s.next().await {
             out.push_str(&chunk.map_err(engine)?.to_string());
         }

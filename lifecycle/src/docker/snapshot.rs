@@ -73,7 +73,8 @@ impl Driver {
             labels: Some(blank),
             ..Default::default()
         };
-        self.docker
+        self.docker()
+            .await?
             .commit_container(opts, config)
             .await
             .map_err(engine)?;
@@ -82,7 +83,7 @@ impl Driver {
 
     /// Whether the image exists locally.
     pub async fn image_exists(&self, image: &str) -> Result<bool, DockerError> {
-        match self.docker.inspect_image(image).await {
+        match self.docker().await?.inspect_image(image).await {
             Ok(_) => Ok(true),
             Err(BollardError::DockerResponseServerError {
                 status_code: 404, ..
@@ -95,7 +96,12 @@ impl Driver {
     /// gone; [`DockerError::Conflict`] when a container uses it.
     pub async fn remove_image(&self, image: &str) -> Result<bool, DockerError> {
         let opts = RemoveImageOptionsBuilder::new().force(false).build();
-        match self.docker.remove_image(image, Some(opts), None).await {
+        match self
+            .docker()
+            .await?
+            .remove_image(image, Some(opts), None)
+            .await
+        {
             Ok(_) => Ok(true),
             Err(BollardError::DockerResponseServerError {
                 status_code: 404, ..

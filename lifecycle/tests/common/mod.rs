@@ -67,6 +67,8 @@ pub struct Server {
     pub dir: PathBuf,
     pub prefix: String,
     pub api_key: Option<String>,
+    /// Extra environment of the server process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -89,6 +91,7 @@ impl Server {
             dir,
             prefix,
             api_key: api_key.map(String::from),
+            env: Vec::new(),
         };
         s.write_config(extra);
         s.spawn();
@@ -108,8 +111,15 @@ impl Server {
         std::fs::write(self.dir.join("config.toml"), cfg).unwrap();
     }
 
+    /// Restarts the server with `key=value` added to its environment.
+    pub fn restart_with_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_string(), value.to_string()));
+        self.restart();
+    }
+
     fn spawn(&mut self) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_opensandbox-lifecycle"));
+        cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         cmd.arg("--config")
             .arg(self.dir.join("config.toml"))
             .env_remove("OPENSANDBOX_SERVER_API_KEY")
