@@ -14,17 +14,21 @@
 //!   streaming uploads and downloads.
 //! - [`proxy`]: `/proxy/{port}/…`, the reverse proxy to services in the sandbox.
 //! - [`watch`]: live file watching (our extension, `GET /files/watch`).
+//! - [`pty`]: PTY sessions: a shell on a pseudo-terminal over a WebSocket, with replay.
+//! - [`metrics`]: `/metrics` and `/metrics/watch`, cgroup or host figures sampled in the background.
 //!
-//! Seams for later issues: PTY in `pty/`, code contexts in `code/` (backed by
-//! the `kernels` crate).
+//! Seams for later issues: code contexts in `code/` (backed by the `kernels`
+//! crate).
 
 pub mod api;
 pub mod command;
 pub mod config;
 pub mod files;
+pub mod metrics;
 pub mod pathutil;
 pub mod process;
 pub mod proxy;
+pub mod pty;
 pub mod session;
 pub mod watch;
 pub mod wire;

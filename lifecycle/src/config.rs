@@ -122,11 +122,8 @@ impl Secret {
     /// Compares with a candidate (e.g. a request header) in time independent
     /// of where the two differ.
     pub fn matches(&self, candidate: &str) -> bool {
-        let (a, b) = (self.0.as_bytes(), candidate.as_bytes());
-        if a.len() != b.len() {
-            return false;
-        }
-        a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        use subtle::ConstantTimeEq;
+        bool::from(self.0.as_bytes().ct_eq(candidate.as_bytes()))
     }
 }
 

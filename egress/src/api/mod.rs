@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
+use subtle::ConstantTimeEq;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -127,12 +128,7 @@ impl Api {
             .get("OPENSANDBOX-EGRESS-AUTH")
             .map_or(&b""[..], HeaderValue::as_bytes);
         let want = token.expose().as_bytes();
-        given.len() == want.len()
-            && given
-                .iter()
-                .zip(want)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+        bool::from(given.ct_eq(want))
     }
 
     async fn route(&self, req: Request<Incoming>) -> Resp {

@@ -5,6 +5,8 @@ pub mod body;
 mod commands;
 pub mod error;
 mod files;
+mod metrics;
+mod pty;
 pub mod query;
 mod sessions;
 mod watch;
@@ -12,6 +14,7 @@ mod watch;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
+use subtle::ConstantTimeEq;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -52,8 +55,12 @@ pub struct App {
     cfg: Arc<Config>,
     commands: Arc<Commands>,
     sessions: Arc<Sessions>,
+    /// PTY sessions (`/pty`).
+    ptys: Arc<crate::pty::Ptys>,
     /// execd's own environment, against which request paths are expanded.
     env: Arc<Env>,
+    /// CPU and memory figures (`/metrics`).
+    metrics: crate::metrics::Monitor,
 }
 
 impl App {
@@ -63,7 +70,9 @@ impl App {
         Arc::new(Self {
             commands: Commands::new(cfg.clone(), base_env.clone()),
             sessions: Sessions::new(cfg.clone(), base_env.clone()),
+            ptys: crate::pty::Ptys::new(cfg.clone(), base_env.clone()),
             env: Arc::new(base_env),
+            metrics: crate::metrics::Monitor::new(),
             cfg,
         })
     }
@@ -87,6 +96,7 @@ impl App {
                 tick.tick().await;
                 app.commands.sweep();
                 app.sessions.sweep();
+                app.ptys.sweep();
             }
         });
     }
@@ -155,13 +165,7 @@ fn authorized(cfg: &Config, req: &Request<Incoming>) -> bool {
         .get("X-EXECD-ACCESS-TOKEN")
         .map_or(&b""[..], HeaderValue::as_bytes);
     let want = token.expose().as_bytes();
-    // Constant-time comparison.
-    given.len() == want.len()
-        && given
-            .iter()
-            .zip(want)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+    bool::from(given.ct_eq(want))
 }
 
 async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
@@ -178,6 +182,8 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, 
     let method = req.method().clone();
     match (&method, segs.as_slice()) {
         (&Method::GET, ["ping"]) => Ok(empty_ok()),
+        (&Method::GET, ["metrics"]) => metrics::get(&app).await,
+        (&Method::GET, ["metrics", "watch"]) => metrics::watch(&app),
         (&Method::POST, ["command"]) => commands::run(&app, req).await,
         (&Method::DELETE, ["command"]) => commands::interrupt(&app, &req).await,
         (&Method::GET, ["command", "status", id]) if !id.is_empty() => commands::status(&app, id),
@@ -189,6 +195,10 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, 
             sessions::run(&app, id, req).await
         }
         (&Method::DELETE, ["session", id]) if !id.is_empty() => sessions::delete(&app, id),
+        (&Method::POST, ["pty"]) => pty::create(&app, req).await,
+        (&Method::GET, ["pty", id]) if !id.is_empty() => pty::status(&app, id),
+        (&Method::DELETE, ["pty", id]) if !id.is_empty() => pty::delete(&app, id),
+        (&Method::GET, ["pty", id, "ws"]) if !id.is_empty() => pty::websocket(&app, id, req),
         (&Method::GET, ["files", "watch"]) => watch::stream(&app, &req),
         (&Method::GET, ["files", "info"]) => files::info(&app, &req).await,
         (&Method::DELETE, ["files"]) => files::delete_files(&app, &req).await,

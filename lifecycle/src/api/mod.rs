@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
+use subtle::ConstantTimeEq;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -112,13 +113,7 @@ fn authorized(app: &App, req: &Request<Incoming>) -> Result<(), ApiError> {
     };
     let want = key.expose().as_bytes();
     let given = given.as_bytes();
-    // Constant-time comparison.
-    let same = given.len() == want.len()
-        && given
-            .iter()
-            .zip(want)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
+    let same = bool::from(given.ct_eq(want));
     if same {
         Ok(())
     } else {
