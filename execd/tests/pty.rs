@@ -24,6 +24,8 @@ struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     /// Live output (0x01).
     out: Vec<u8>,
+    /// Live stderr (0x02, pipe mode).
+    err: Vec<u8>,
     /// The replay frame (0x03): offset and bytes.
     replay: Option<(u64, Vec<u8>)>,
     /// Text frames, in order.
@@ -40,6 +42,7 @@ async fn try_open(e: &Execd, id: &str, query: &str) -> Result<Client, WsError> {
     Ok(Client {
         ws,
         out: Vec::new(),
+        err: Vec::new(),
         replay: None,
         texts: Vec::new(),
         order: Vec::new(),
@@ -83,6 +86,10 @@ impl Client {
                     0x01 => {
                         self.out.extend_from_slice(&b[1..]);
                         self.order.push("out".into());
+                    }
+                    0x02 => {
+                        self.err.extend_from_slice(&b[1..]);
+                        self.order.push("err".into());
                     }
                     0x03 => {
                         let off = u64::from_be_bytes(b[1..9].try_into().unwrap());
@@ -447,4 +454,96 @@ async fn a_slow_client_lags_into_a_gap_without_growing_memory() {
     assert_eq!(pos, total);
     assert!(gaps >= 1);
     assert_eq!(e.delete(&format!("/pty/{id}")).status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipe_mode_separates_stdout_and_stderr() {
+    let e = Execd::start();
+    let id = create(&e, json!({}));
+    let mut c = open(&e, &id, "?pty=0").await;
+    assert_eq!(
+        c.last("connected").unwrap(),
+        &json!({"type": "connected", "session_id": id, "mode": "pipe"})
+    );
+    // No terminal: no prompt, no echo of the typed command.
+    c.stdin("echo out; echo err >&2; echo out2; echo err2 >&2\n")
+        .await;
+    c.until(|c| c.out == b"out\nout2\n" && c.err == b"err\nerr2\n")
+        .await;
+    // Resize is accepted and ignored (there is no terminal).
+    c.control(json!({"type": "resize", "cols": 120, "rows": 40}))
+        .await;
+    c.stdin("tty >/dev/null || echo notty\n").await;
+    c.until_out("notty").await;
+    assert!(!c.has("error"), "{:?}", c.texts);
+    assert!(c.err.ends_with(b"err2\n"), "{:?}", c.err);
+
+    // A reconnect replays both channels, mixed, under 0x03.
+    drop(c);
+    // The server releases the session once it notices the disconnect.
+    let mut c = loop {
+        match try_open(&e, &id, "?pty=1").await {
+            Err(WsError::Http(r)) if r.status() == 409 => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            r => break r.unwrap(),
+        }
+    };
+    c.until(|c| c.has("connected")).await;
+    // The running shell keeps its mode.
+    assert_eq!(c.last("connected").unwrap()["mode"], "pipe");
+    let (off, replay) = c.replay.clone().unwrap();
+    assert_eq!(off, 0);
+    // In arrival order, which between two pipes is not fixed; each
+    // channel's own order is kept.
+    let replay_text = String::from_utf8_lossy(&replay).into_owned();
+    let lines: Vec<&str> = replay_text.lines().collect();
+    let only = |keep: &[&str]| -> Vec<&str> {
+        lines.iter().copied().filter(|l| keep.contains(l)).collect()
+    };
+    assert_eq!(only(&["out", "out2", "notty"]), ["out", "out2", "notty"]);
+    assert_eq!(only(&["err", "err2"]), ["err", "err2"]);
+    assert_eq!(lines.len(), 5, "{replay_text:?}");
+    assert_eq!(
+        e.get(&format!("/pty/{id}")).json()["output_offset"],
+        replay.len()
+    );
+
+    c.stdin("exit 7\n").await;
+    c.until(|c| c.has("exit")).await;
+    assert_eq!(
+        c.last("exit").unwrap(),
+        &json!({"type": "exit", "exit_code": 7})
+    );
+    c.until(|c| c.ended).await;
+    assert_eq!(c.close, Some((1000, "process exited".to_string())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipe_mode_cat_echoes_once_and_exits() {
+    let e = Execd::start();
+    let id = create(&e, json!({"command": "cat; exit 5"}));
+    let mut c = open(&e, &id, "?pty=0").await;
+    assert_eq!(c.last("connected").unwrap()["mode"], "pipe");
+    c.stdin("hello\n").await;
+    c.until_out("hello\n").await;
+    c.stdin("world\n").await;
+    c.until_out("world\n").await;
+    // Exactly once each: no terminal echo.
+    assert_eq!(c.out_text(), "hello\nworld\n");
+    assert!(c.err.is_empty());
+    // Signals go to the shell's process group: bash and cat both die.
+    c.control(json!({"type": "signal", "signal": "SIGKILL"}))
+        .await;
+    c.until(|c| c.has("exit")).await;
+    assert_eq!(c.last("exit").unwrap()["exit_code"], -1);
+    c.until(|c| c.ended).await;
+
+    // The command's own exit code.
+    let id = create(&e, json!({"command": "head -n1; exit 5"}));
+    let mut c = open(&e, &id, "?pty=0").await;
+    c.stdin("line\n").await;
+    c.until(|c| c.has("exit")).await;
+    assert_eq!(c.out_text(), "line\n");
+    assert_eq!(c.last("exit").unwrap()["exit_code"], 5);
 }

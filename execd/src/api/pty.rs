@@ -1,5 +1,6 @@
 //! `/pty`: create, inspect and delete PTY sessions, and attach to one over
-//! a WebSocket (`GET /pty/{id}/ws?since=N&takeover=1`).
+//! a WebSocket (`GET /pty/{id}/ws?pty=0|1&since=N&takeover=1`; `pty=0`
+//! starts the shell on pipes instead of a terminal).
 
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -80,6 +81,10 @@ pub fn websocket(
             .parse::<u64>()
             .map_err(|_| ApiError::bad_request(format!("invalid query parameter 'since': {s}")))?,
     };
+    let mode = match query::param(q, "pty").as_deref() {
+        Some("0" | "false" | "FALSE" | "False") => crate::pty::Mode::Pipe,
+        _ => crate::pty::Mode::Pty,
+    };
     let takeover = query::param(q, "takeover")
         .is_some_and(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "True"));
     let key = upgrade_key(req.method(), req.headers());
@@ -108,7 +113,7 @@ pub fn websocket(
                     Some(crate::pty::ws::config()),
                 )
                 .await;
-                crate::pty::ws::serve(session, ws, claim, since).await;
+                crate::pty::ws::serve(session, ws, claim, since, mode).await;
             }
             Err(e) => {
                 tracing::debug!(error = %e, "pty websocket upgrade failed");

@@ -1,6 +1,12 @@
 //! A PTY session: the pseudo-terminal, the shell on it, its replay ring,
 //! and the one client allowed to hold it.
 //!
+//! In pipe mode (upstream's `?pty=0`) the shell gets three pipes instead of
+//! a terminal and its own process group. Both modes share the ring: stdout
+//! and stderr go into it in arrival order, and the ring remembers where the
+//! channel changes so live output is framed `0x01` (stdout) or `0x02`
+//! (stderr), while a replay mixes them under `0x03`, as upstream.
+//!
 //! The terminal is opened with `openpty` and the shell is spawned through
 //! [`crate::process::reaper::spawn`], so its exit status comes from execd's
 //! single SIGCHLD reaper (a PTY library that waits on its own child would
@@ -14,7 +20,7 @@
 // `pre_exec` (setsid, TIOCSCTTY) and the TIOCSWINSZ ioctl need unsafe.
 #![allow(unsafe_code)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -124,6 +130,7 @@ impl Ptys {
                 last_exit: None,
                 exited_at: None,
                 size: (dim(req.cols, 80), dim(req.rows, 24)),
+                channels: VecDeque::new(),
                 holder: None,
                 closed: false,
             }),
@@ -193,6 +200,10 @@ struct State {
     exited_at: Option<Instant>,
     /// Columns and rows, kept across restarts and reconnects.
     size: (u16, u16),
+    /// Where the output channel changes: `(offset, channel)`, ascending,
+    /// pruned to the ring's retained range. Before the first entry the
+    /// channel is [`STDOUT`]. Pipe mode only ever adds entries.
+    channels: VecDeque<(u64, u8)>,
     holder: Option<Holder>,
     closed: bool,
 }
@@ -200,8 +211,34 @@ struct State {
 #[derive(Debug)]
 struct Running {
     pid: i32,
-    master: Arc<AsyncFd<OwnedFd>>,
+    mode: Mode,
+    /// The terminal's master side, or the write end of stdin in pipe mode.
+    input: Arc<AsyncFd<OwnedFd>>,
 }
+
+/// How the shell is attached: a terminal, or three pipes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A pseudo-terminal (the default).
+    Pty,
+    /// stdin, stdout and stderr pipes; no terminal (`?pty=0`).
+    Pipe,
+}
+
+impl Mode {
+    /// The name the `connected` frame reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Pty => "pty",
+            Mode::Pipe => "pipe",
+        }
+    }
+}
+
+/// Output channel of stdout (and of the terminal).
+pub const STDOUT: u8 = 0x01;
+/// Output channel of stderr (pipe mode).
+pub const STDERR: u8 = 0x02;
 
 #[derive(Debug)]
 struct Holder {
@@ -225,8 +262,9 @@ pub struct Claim {
 /// What a connection sees when it looks at the session.
 #[derive(Debug)]
 pub enum Next {
-    /// Output from the cursor (`lost` bytes before it were evicted).
-    Output(super::ring::Chunk),
+    /// Output from the cursor (`lost` bytes before it were evicted), all
+    /// of one channel ([`STDOUT`] or [`STDERR`]).
+    Output(super::ring::Chunk, u8),
     /// Caught up; the shell of this generation exited with this status.
     Exited(ExitStatus),
     /// The session was deleted.
@@ -368,9 +406,9 @@ impl PtySession {
         }
     }
 
-    /// Starts the shell unless it runs; returns its generation and the
-    /// ring's end at that moment.
-    pub fn ensure_running(self: &Arc<Self>) -> io::Result<u64> {
+    /// Starts the shell unless it runs, in `mode`; returns its generation
+    /// and the mode it actually runs in (a running shell keeps its mode).
+    pub fn ensure_running(self: &Arc<Self>, mode: Mode) -> io::Result<(u64, Mode)> {
         let mut st = self.state();
         if st.closed {
             return Err(io::Error::other(format!(
@@ -378,19 +416,9 @@ impl PtySession {
                 self.id
             )));
         }
-        if st.proc.is_some() {
-            return Ok(st.generation);
+        if let Some(p) = &st.proc {
+            return Ok((st.generation, p.mode));
         }
-        let (cols, rows) = st.size;
-        let pty = nix::pty::openpty(Some(&winsize(cols, rows)), None)?;
-        cloexec(&pty.master)?;
-        cloexec(&pty.slave)?;
-        let flags = OFlag::from_bits_truncate(fcntl(pty.master.as_fd(), FcntlArg::F_GETFL)?);
-        fcntl(
-            pty.master.as_fd(),
-            FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK),
-        )?;
-
         let mut cmd = match spawn::bash() {
             Some(bash) => {
                 let mut c = Command::new(bash);
@@ -403,53 +431,101 @@ impl PtySession {
             cmd.arg("-c").arg(command);
         }
         cmd.env_clear()
-            .envs(self.env.pairs().iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::from(pty.slave.try_clone()?))
-            .stdout(Stdio::from(pty.slave.try_clone()?))
-            .stderr(Stdio::from(pty.slave));
+            .envs(self.env.pairs().iter().map(|(k, v)| (k, v)));
         if let Some(cwd) = &self.cwd {
             cmd.current_dir(cwd);
         }
-        // SAFETY: runs in the forked child before exec; only async-signal-safe
-        // system calls (setsid, ioctl, prctl), no allocation.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::unistd::setsid()?;
-                if libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                    return Err(io::Error::last_os_error());
+        // Our ends of the terminal or pipes: (input, [(output, channel)]).
+        let (input, outputs) = match mode {
+            Mode::Pty => {
+                let (cols, rows) = st.size;
+                let pty = nix::pty::openpty(Some(&winsize(cols, rows)), None)?;
+                cloexec(&pty.master)?;
+                cloexec(&pty.slave)?;
+                cmd.stdin(Stdio::from(pty.slave.try_clone()?))
+                    .stdout(Stdio::from(pty.slave.try_clone()?))
+                    .stderr(Stdio::from(pty.slave));
+                // SAFETY: runs in the forked child before exec; only
+                // async-signal-safe system calls (setsid, ioctl, prctl), no
+                // allocation.
+                unsafe {
+                    cmd.pre_exec(|| {
+                        nix::unistd::setsid()?;
+                        if libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                            return Err(io::Error::last_os_error());
+                        }
+                        // Orphans stay under the shell, where DELETE finds them.
+                        nix::sys::prctl::set_child_subreaper(true)?;
+                        Ok(())
+                    });
                 }
-                // Orphans stay under the shell, where DELETE finds them.
-                nix::sys::prctl::set_child_subreaper(true)?;
-                Ok(())
-            });
+                let output = pty.master.try_clone()?;
+                (pty.master, vec![(output, STDOUT)])
+            }
+            Mode::Pipe => {
+                // std's pipes are close-on-exec; the child's copies are dup'ed
+                // onto 0, 1 and 2 without it.
+                let (in_r, in_w) = io::pipe()?;
+                let (out_r, out_w) = io::pipe()?;
+                let (err_r, err_w) = io::pipe()?;
+                cmd.stdin(Stdio::from(in_r))
+                    .stdout(Stdio::from(out_w))
+                    .stderr(Stdio::from(err_w))
+                    .process_group(0);
+                // SAFETY: runs in the forked child before exec; one prctl.
+                unsafe {
+                    cmd.pre_exec(|| {
+                        nix::sys::prctl::set_child_subreaper(true)?;
+                        Ok(())
+                    });
+                }
+                (
+                    OwnedFd::from(in_w),
+                    vec![
+                        (OwnedFd::from(out_r), STDOUT),
+                        (OwnedFd::from(err_r), STDERR),
+                    ],
+                )
+            }
+        };
+        nonblocking(&input)?;
+        for (fd, _) in &outputs {
+            nonblocking(fd)?;
         }
         let (child, exit_rx) = reaper::spawn(&mut cmd)?;
-        drop(cmd); // closes our copies of the slave
+        drop(cmd); // closes our copies of the child's ends
         let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
         drop(child); // never waited on: the reaper owns the status
-                     // SAFETY: an OwnedFd stays open, on the same file, for as long as it
-                     // is owned, and always returns that descriptor.
-        let master = Arc::new(unsafe { AsyncFd::register(pty.master) }?);
+                     // SAFETY (both registrations): an OwnedFd stays open, on the same
+                     // file, for as long as it is owned, and always returns that descriptor.
+        let input = Arc::new(unsafe { AsyncFd::register(input) }?);
+        let mut readers = Vec::with_capacity(outputs.len());
+        for (fd, channel) in outputs {
+            let fd = Arc::new(unsafe { AsyncFd::register(fd) }?);
+            readers.push(tokio::spawn(read_loop(self.clone(), fd, channel)));
+        }
         st.generation += 1;
         let generation = st.generation;
-        st.proc = Some(Running {
-            pid,
-            master: master.clone(),
-        });
+        st.proc = Some(Running { pid, mode, input });
         st.exited_at = None;
         drop(st);
         self.bump();
 
         let session = self.clone();
         tokio::spawn(async move {
-            let mut reader = tokio::spawn(read_loop(session.clone(), master));
             let status = exit_rx.await.unwrap_or(ExitStatus::Code(-1));
-            if tokio::time::timeout(DRAIN, &mut reader).await.is_err() {
-                reader.abort();
+            let deadline = tokio::time::Instant::now() + DRAIN;
+            for mut reader in readers {
+                if tokio::time::timeout_at(deadline, &mut reader)
+                    .await
+                    .is_err()
+                {
+                    reader.abort();
+                }
             }
             session.finish(generation, status);
         });
-        Ok(generation)
+        Ok((generation, mode))
     }
 
     fn finish(&self, generation: u64, status: ExitStatus) {
@@ -463,8 +539,19 @@ impl PtySession {
         self.bump();
     }
 
-    fn append(&self, data: &[u8]) {
-        self.state().ring.write(data);
+    fn append(&self, data: &[u8], channel: u8) {
+        let mut st = self.state();
+        let current = st.channels.back().map_or(STDOUT, |&(_, c)| c);
+        if current != channel {
+            let at = st.ring.total();
+            st.channels.push_back((at, channel));
+        }
+        st.ring.write(data);
+        let oldest = st.ring.oldest();
+        while st.channels.len() >= 2 && st.channels[1].0 <= oldest {
+            st.channels.pop_front();
+        }
+        drop(st);
         self.bump();
     }
 
@@ -480,7 +567,14 @@ impl PtySession {
             return Next::Closed;
         }
         if cursor < st.ring.total() {
-            return Next::Output(st.ring.read(cursor, max));
+            // Stop at the next channel change.
+            let start = cursor.max(st.ring.oldest());
+            let i = st.channels.partition_point(|&(at, _)| at <= start);
+            let channel = i.checked_sub(1).map_or(STDOUT, |i| st.channels[i].1);
+            let max = st.channels.get(i).map_or(max, |&(at, _)| {
+                max.min(usize::try_from(at - start).unwrap_or(usize::MAX))
+            });
+            return Next::Output(st.ring.read(cursor, max), channel);
         }
         match st.last_exit {
             Some((g, status)) if g == generation && st.proc.is_none() => Next::Exited(status),
@@ -488,11 +582,11 @@ impl PtySession {
         }
     }
 
-    fn master(&self) -> io::Result<Arc<AsyncFd<OwnedFd>>> {
+    fn input(&self) -> io::Result<Arc<AsyncFd<OwnedFd>>> {
         self.state()
             .proc
             .as_ref()
-            .map(|p| p.master.clone())
+            .map(|p| p.input.clone())
             .ok_or_else(|| {
                 io::Error::new(
                     io::ErrorKind::NotConnected,
@@ -501,10 +595,10 @@ impl PtySession {
             })
     }
 
-    /// Writes `data` to the terminal (the shell's stdin). Waits while the
-    /// terminal's input queue is full.
+    /// Writes `data` to the shell's stdin (the terminal, or the stdin pipe).
+    /// Waits while the terminal's input queue or the pipe is full.
     pub async fn write_stdin(&self, mut data: &[u8]) -> io::Result<()> {
-        let master = self.master()?;
+        let master = self.input()?;
         while !data.is_empty() {
             // Re-check now and then that the shell still runs: after it
             // exits, a full input queue never drains.
@@ -513,7 +607,7 @@ impl PtySession {
                     .state()
                     .proc
                     .as_ref()
-                    .is_some_and(|p| Arc::ptr_eq(&p.master, &master))
+                    .is_some_and(|p| Arc::ptr_eq(&p.input, &master))
                 {
                     return Err(io::Error::new(
                         io::ErrorKind::NotConnected,
@@ -534,20 +628,21 @@ impl PtySession {
     }
 
     /// Sets the window size (clamped to `1..=MAX_DIM`), now and for later
-    /// restarts. Returns the size applied.
+    /// restarts; in pipe mode there is no terminal and it is only
+    /// remembered (upstream ignores it). Returns the size applied.
     pub fn resize(&self, cols: u64, rows: u64) -> io::Result<(u16, u16)> {
         let c = cols.clamp(1, u64::from(MAX_DIM)) as u16;
         let r = rows.clamp(1, u64::from(MAX_DIM)) as u16;
         let mut st = self.state();
         st.size = (c, r);
-        if let Some(p) = &st.proc {
-            set_winsize(p.master.get_ref(), c, r)?;
+        if let Some(p) = st.proc.as_ref().filter(|p| p.mode == Mode::Pty) {
+            set_winsize(p.input.get_ref(), c, r)?;
         }
         Ok((c, r))
     }
 
     /// Sends `sig` to the terminal's foreground process group (the shell's
-    /// group if there is none).
+    /// group if there is none, and always in pipe mode).
     pub fn signal(&self, sig: Signal) -> io::Result<()> {
         let st = self.state();
         let Some(p) = &st.proc else {
@@ -556,8 +651,9 @@ impl PtySession {
                 format!("pty session {} is not running", self.id),
             ));
         };
-        let pgrp = nix::unistd::tcgetpgrp(p.master.get_ref())
-            .ok()
+        let pgrp = (p.mode == Mode::Pty)
+            .then(|| nix::unistd::tcgetpgrp(p.input.get_ref()).ok())
+            .flatten()
             .filter(|g| g.as_raw() > 0)
             .unwrap_or(Pid::from_raw(p.pid));
         killpg(pgrp, sig)?;
@@ -583,7 +679,14 @@ impl PtySession {
     }
 }
 
-async fn read_loop(session: Arc<PtySession>, master: Arc<AsyncFd<OwnedFd>>) {
+fn nonblocking(fd: &impl AsFd) -> io::Result<()> {
+    let flags = OFlag::from_bits_truncate(fcntl(fd.as_fd(), FcntlArg::F_GETFL)?);
+    fcntl(fd.as_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    Ok(())
+}
+
+/// Moves one output (the terminal, stdout or stderr) into the ring.
+async fn read_loop(session: Arc<PtySession>, master: Arc<AsyncFd<OwnedFd>>, channel: u8) {
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
         let Ok(mut guard) = master.readable().await else {
@@ -591,7 +694,7 @@ async fn read_loop(session: Arc<PtySession>, master: Arc<AsyncFd<OwnedFd>>) {
         };
         match guard.try_io(|fd| Ok(nix::unistd::read(fd.get_ref(), &mut buf)?)) {
             Ok(Ok(0)) => return,
-            Ok(Ok(n)) => session.append(&buf[..n]),
+            Ok(Ok(n)) => session.append(&buf[..n], channel),
             Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
             // EIO: every slave descriptor is closed.
             Ok(Err(_)) => return,

@@ -1,8 +1,9 @@
 //! The PTY WebSocket protocol (upstream's `pty_ws.go`), over a connection
 //! already upgraded and claimed.
 //!
-//! Server → client: binary `0x01`+output, `0x03`+8-byte big-endian
-//! offset+replay; JSON text frames (`connected`, `exit`, `error`, `pong`,
+//! Server → client: binary `0x01`+output (stdout, or the terminal),
+//! `0x02`+stderr (pipe mode only), `0x03`+8-byte big-endian offset+replay
+//! (both channels mixed, as upstream); JSON text frames (`connected`, `exit`, `error`, `pong`,
 //! and our `gap`), each ending in `"\n"` as Go's `WriteJSON`.
 //!
 //! `gap` (our addition) is sent whenever bytes the client asked for, or had
@@ -23,7 +24,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use super::session::{parse_signal, Claim, Next, PtySession};
+use super::session::{parse_signal, Claim, Mode, Next, PtySession};
 use crate::wire::json::to_go_json;
 
 /// Largest frame or message accepted from a client.
@@ -125,16 +126,18 @@ enum End {
 
 /// Runs the protocol on `ws` until the client leaves, the shell exits, the
 /// session is deleted or another client takes over; then releases `claim`.
+/// `mode` only matters if the shell has to be started.
 pub async fn serve<S>(
     session: Arc<PtySession>,
     mut ws: WebSocketStream<S>,
     claim: Claim,
     since: u64,
+    mode: Mode,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let Claim { id, mut evicted } = claim;
-    let end = run(&session, &mut ws, id, &mut evicted, since).await;
+    let end = run(&session, &mut ws, id, &mut evicted, since, mode).await;
     session.release(id);
     if let End::Close(frame) = end {
         let _ = tokio::time::timeout(EVICT_WRITE, ws.send(frame)).await;
@@ -147,20 +150,23 @@ async fn run<S>(
     holder: u64,
     evicted: &mut tokio::sync::oneshot::Receiver<()>,
     since: u64,
+    mode: Mode,
 ) -> End
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let generation = match session.ensure_running() {
-        Ok(g) => g,
+    // Replay: one frame, before `connected`, as upstream. Taken before the
+    // shell starts, so a fresh shell's first output arrives live (`0x01`),
+    // not in a replay frame; the cursor makes the hand-over exact either way.
+    let mut changes = session.subscribe();
+    let replay = session.snapshot(since);
+    let (generation, mode) = match session.ensure_running(mode) {
+        Ok(r) => r,
         Err(e) => {
             let _ = ws.send(error_frame(&e.to_string(), "START_FAILED")).await;
             return End::Close(close(1011, "start failed"));
         }
     };
-    let mut changes = session.subscribe();
-    // Replay: one frame, before `connected`, as upstream.
-    let replay = session.snapshot(since);
     let mut cursor = replay.offset + replay.data.len() as u64;
     if replay.lost > 0
         && ws
@@ -183,7 +189,7 @@ where
     let connected = text(&ServerFrame {
         kind: "connected",
         session_id: Some(&session.id),
-        mode: Some("pty"),
+        mode: Some(mode.as_str()),
         ..Default::default()
     });
     if ws.send(connected).await.is_err() {
@@ -196,14 +202,14 @@ where
         // Output first: everything the ring has beyond the cursor.
         loop {
             match session.next(generation, cursor, OUT_CHUNK) {
-                Next::Output(chunk) => {
+                Next::Output(chunk, channel) => {
                     if chunk.lost > 0 && ws.send(gap_frame(chunk.lost, chunk.offset)).await.is_err()
                     {
                         return End::Gone;
                     }
                     cursor = chunk.offset + chunk.data.len() as u64;
                     let mut frame = Vec::with_capacity(1 + chunk.data.len());
-                    frame.push(0x01);
+                    frame.push(channel);
                     frame.extend_from_slice(&chunk.data);
                     if ws.send(Message::Binary(frame.into())).await.is_err() {
                         return End::Gone;
