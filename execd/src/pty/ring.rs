@@ -1,9 +1,11 @@
 //! The replay buffer of a PTY session: the last [`RING_SIZE`] bytes of its
 //! output, addressed by absolute offsets (bytes ever written before them).
 //!
-//! It is the only buffer between the terminal and a client: a client that
-//! falls behind by more than its size loses the oldest bytes, and is told so
-//! (see [`Ring::read`]), instead of the buffer growing.
+//! It is the only buffer between the terminal and a client. While a client
+//! is attached the shell is held back instead of overwriting what that client
+//! has not been sent (see `PtySession::wait_room`); with no client attached
+//! the oldest bytes are overwritten, and a client that comes back from too
+//! far behind is told how many it lost (see [`Ring::read`]).
 
 /// Bytes kept per session, as upstream (`1 << 20`).
 pub const RING_SIZE: usize = 1 << 20;
@@ -38,6 +40,11 @@ impl Ring {
             cap: cap.max(1),
             total: 0,
         }
+    }
+
+    /// Bytes the ring keeps.
+    pub fn capacity(&self) -> usize {
+        self.cap
     }
 
     /// Bytes ever written: the offset the next byte will get.

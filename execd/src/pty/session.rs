@@ -33,7 +33,7 @@ use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::unix::AsyncFd;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{oneshot, watch, Notify};
 
 use super::ring::{Ring, RING_SIZE};
 use crate::command::env::{command_env, Env};
@@ -135,6 +135,7 @@ impl Ptys {
                 closed: false,
             }),
             version: watch::channel(0).0,
+            room: Notify::new(),
         });
         lock(&self.map).insert(id.clone(), session);
         Ok(id)
@@ -187,6 +188,8 @@ pub struct PtySession {
     state: Mutex<State>,
     /// Bumped on every change: output, exit, holder, close.
     version: watch::Sender<u64>,
+    /// Woken when the holder's cursor moves or the holder goes.
+    room: Notify,
 }
 
 #[derive(Debug)]
@@ -244,6 +247,8 @@ pub const STDERR: u8 = 0x02;
 struct Holder {
     id: u64,
     evict: Option<oneshot::Sender<()>>,
+    /// The offset up to which this client has been sent output, once known.
+    cursor: Option<u64>,
 }
 
 /// The session is held by another client.
@@ -387,6 +392,7 @@ impl PtySession {
         st.holder = Some(Holder {
             id,
             evict: Some(tx),
+            cursor: None,
         });
         drop(st);
         self.bump();
@@ -403,6 +409,44 @@ impl PtySession {
         let mut st = self.state();
         if st.holder.as_ref().is_some_and(|h| h.id == id) {
             st.holder = None;
+        }
+        drop(st);
+        self.room.notify_waiters();
+    }
+
+    /// Holder `id` has been sent all output before `cursor`.
+    pub fn advance(&self, id: u64, cursor: u64) {
+        let mut st = self.state();
+        if let Some(h) = st.holder.as_mut().filter(|h| h.id == id) {
+            h.cursor = Some(cursor);
+        }
+        drop(st);
+        self.room.notify_waiters();
+    }
+
+    /// Back-pressure: waits until `n` more bytes fit in the ring without
+    /// overwriting output the attached client has not been sent yet. Returns
+    /// at once when no client is attached (its cursor unknown), or the
+    /// session is closed. The shell meanwhile blocks on a full terminal or
+    /// pipe, so a slow client slows the shell instead of losing output.
+    async fn wait_room(&self, n: usize) {
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let st = self.state();
+                let behind = match st.holder.as_ref().and_then(|h| h.cursor) {
+                    Some(c) if !st.closed => st.ring.total().saturating_sub(c),
+                    _ => return,
+                };
+                let cap = st.ring.capacity() as u64;
+                if behind + n as u64 <= cap || behind == 0 {
+                    return;
+                }
+            }
+            // A bounded wait: a missed wake-up costs at most this long.
+            let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
         }
     }
 
@@ -667,6 +711,7 @@ impl PtySession {
         let pid = st.proc.as_ref().map(|p| p.pid);
         drop(st);
         self.bump();
+        self.room.notify_waiters();
         if let Some(pid) = pid {
             let root = tree::identify(pid);
             let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
@@ -694,7 +739,11 @@ async fn read_loop(session: Arc<PtySession>, master: Arc<AsyncFd<OwnedFd>>, chan
         };
         match guard.try_io(|fd| Ok(nix::unistd::read(fd.get_ref(), &mut buf)?)) {
             Ok(Ok(0)) => return,
-            Ok(Ok(n)) => session.append(&buf[..n], channel),
+            Ok(Ok(n)) => {
+                drop(guard);
+                session.wait_room(n).await;
+                session.append(&buf[..n], channel);
+            }
             Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
             // EIO: every slave descriptor is closed.
             Ok(Err(_)) => return,

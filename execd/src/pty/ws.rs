@@ -168,6 +168,7 @@ where
         }
     };
     let mut cursor = replay.offset + replay.data.len() as u64;
+    session.advance(holder, cursor);
     if replay.lost > 0
         && ws
             .send(gap_frame(replay.lost, replay.offset))
@@ -214,6 +215,7 @@ where
                     if ws.send(Message::Binary(frame.into())).await.is_err() {
                         return End::Gone;
                     }
+                    session.advance(holder, cursor);
                 }
                 Next::Exited(status) => {
                     let exit = text(&ServerFrame {
