@@ -71,6 +71,9 @@ pub struct Config {
     /// A bash session with no run for this long is closed
     /// (`-session-idle-timeout`, `EXECD_SESSION_IDLE_TIMEOUT`, default 24h).
     pub session_idle_timeout: Duration,
+    /// A PTY session no client has been attached to for this long is closed
+    /// (`-pty-idle-timeout`, `EXECD_PTY_IDLE_TIMEOUT`, default 24h).
+    pub pty_idle_timeout: Duration,
     /// Most commands running at once; more get 503 (`-max-commands`, `EXECD_MAX_COMMANDS`, default 4096).
     pub max_commands: usize,
     /// Most bash sessions at once (`-max-sessions`, `EXECD_MAX_SESSIONS`, default 1024).
@@ -101,6 +104,7 @@ impl Default for Config {
             command_retention: Duration::from_secs(3600),
             max_finished_commands: 10_000,
             session_idle_timeout: Duration::from_secs(24 * 3600),
+            pty_idle_timeout: Duration::from_secs(24 * 3600),
             max_commands: 4096,
             max_sessions: 1024,
             max_watches: 64,
@@ -147,6 +151,7 @@ pub const USAGE: &str = "Usage of execd:
   -command-retention dur             keep finished command records and logs (env EXECD_COMMAND_RETENTION, default 1h)
   -max-finished-commands int         finished records kept at most (env EXECD_MAX_FINISHED_COMMANDS, default 10000)
   -session-idle-timeout dur          close idle bash sessions (env EXECD_SESSION_IDLE_TIMEOUT, default 24h)
+  -pty-idle-timeout dur              close PTY sessions without a client (env EXECD_PTY_IDLE_TIMEOUT, default 24h)
   -max-commands int                  running commands at most (env EXECD_MAX_COMMANDS, default 4096)
   -max-sessions int                  bash sessions at most (env EXECD_MAX_SESSIONS, default 1024)
   -max-watches int                   file watches at most (env EXECD_MAX_WATCHES, default 64)
@@ -172,6 +177,7 @@ const FLAGS: &[(&str, Option<&str>)] = &[
     ("command-retention", Some("EXECD_COMMAND_RETENTION")),
     ("max-finished-commands", Some("EXECD_MAX_FINISHED_COMMANDS")),
     ("session-idle-timeout", Some("EXECD_SESSION_IDLE_TIMEOUT")),
+    ("pty-idle-timeout", Some("EXECD_PTY_IDLE_TIMEOUT")),
     ("max-commands", Some("EXECD_MAX_COMMANDS")),
     ("max-sessions", Some("EXECD_MAX_SESSIONS")),
     ("max-watches", Some("EXECD_MAX_WATCHES")),
@@ -276,6 +282,7 @@ impl Config {
                 "session-idle-timeout" => {
                     cfg.session_idle_timeout = positive(&value).map_err(invalid)?;
                 }
+                "pty-idle-timeout" => cfg.pty_idle_timeout = positive(&value).map_err(invalid)?,
                 "max-finished-commands" => {
                     cfg.max_finished_commands = positive_int(&value).map_err(invalid)?;
                 }

@@ -571,3 +571,22 @@ async fn pipe_mode_cat_echoes_once_and_exits() {
     assert_eq!(c.out_text(), "line\n");
     assert_eq!(c.last("exit").unwrap()["exit_code"], 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_without_a_client_are_closed_after_the_idle_timeout() {
+    let e = Execd::start_with(&["-pty-idle-timeout=1s"], &[]);
+    // Never attached: removed.
+    let never = create(&e, json!({}));
+    // Attached, then left: removed, and its shell killed.
+    let left = create(&e, json!({"command": "echo $$ > /dev/null; sleep 300"}));
+    let c = open(&e, &left, "").await;
+    drop(c);
+    // Attached for longer than the timeout: kept.
+    let kept = create(&e, json!({}));
+    let _holder = open(&e, &kept, "").await;
+    assert!(common::wait_until(Duration::from_secs(10), || {
+        e.get(&format!("/pty/{never}")).status == 404
+            && e.get(&format!("/pty/{left}")).status == 404
+    }));
+    assert_eq!(e.get(&format!("/pty/{kept}")).status, 200);
+}

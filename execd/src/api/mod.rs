@@ -89,6 +89,7 @@ impl App {
         let every = SWEEP_EVERY
             .min(self.cfg.command_retention / 4)
             .min(self.cfg.session_idle_timeout / 4)
+            .min(self.cfg.pty_idle_timeout / 4)
             .max(SWEEP_MIN);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);

@@ -132,6 +132,7 @@ impl Ptys {
                 size: (dim(req.cols, 80), dim(req.rows, 24)),
                 channels: VecDeque::new(),
                 holder: None,
+                detached_since: Some(Instant::now()),
                 closed: false,
             }),
             version: watch::channel(0).0,
@@ -155,23 +156,26 @@ impl Ptys {
         true
     }
 
-    /// Removes sessions whose shell exited more than [`EXITED_RETENTION`]
-    /// ago and that no client holds.
+    /// Removes sessions that no client holds and whose shell exited more
+    /// than [`EXITED_RETENTION`] ago, or that no client has held for
+    /// `-pty-idle-timeout` (killing their shell).
     pub fn sweep(&self) {
+        let idle = self.cfg.pty_idle_timeout;
         let stale: Vec<String> = lock(&self.map)
             .values()
             .filter(|s| {
                 let st = lock(&s.state);
-                st.holder.is_none()
-                    && st.proc.is_none()
+                let exited = st.proc.is_none()
                     && st
                         .exited_at
-                        .is_some_and(|t| t.elapsed() >= EXITED_RETENTION)
+                        .is_some_and(|t| t.elapsed() >= EXITED_RETENTION);
+                let abandoned = st.detached_since.is_some_and(|t| t.elapsed() >= idle);
+                st.holder.is_none() && (exited || abandoned)
             })
             .map(|s| s.id.clone())
             .collect();
         for id in stale {
-            tracing::info!(pty = %id, "removing exited pty session");
+            tracing::info!(pty = %id, "removing an exited or abandoned pty session");
             self.delete(&id);
         }
     }
@@ -208,6 +212,8 @@ struct State {
     /// channel is [`STDOUT`]. Pipe mode only ever adds entries.
     channels: VecDeque<(u64, u8)>,
     holder: Option<Holder>,
+    /// Since when no client has been attached (`None` while one is).
+    detached_since: Option<Instant>,
     closed: bool,
 }
 
@@ -394,6 +400,7 @@ impl PtySession {
             evict: Some(tx),
             cursor: None,
         });
+        st.detached_since = None;
         drop(st);
         self.bump();
         Ok(Claim { id, evicted: rx })
@@ -409,6 +416,7 @@ impl PtySession {
         let mut st = self.state();
         if st.holder.as_ref().is_some_and(|h| h.id == id) {
             st.holder = None;
+            st.detached_since = Some(Instant::now());
         }
         drop(st);
         self.room.notify_waiters();
