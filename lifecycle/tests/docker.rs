@@ -597,3 +597,136 @@ async fn an_engine_that_is_down_gets_503_and_the_server_recovers() {
     s.restart();
     assert_eq!(s.sandbox(&id).await["status"]["state"], "Running");
 }
+
+/// A TCP server in its own container on the default bridge (a host the test
+/// creates), answering `hello <name>` to every connection; returns its IP.
+fn world_server(s: &Server, name: &str) -> String {
+    let script = format!(
+        "use IO::Socket::INET; my $l = IO::Socket::INET->new(LocalPort => 7000, Listen => 16, ReuseAddr => 1) or die; \
+         while (my $c = $l->accept) {{ print $c \"hello {name}\\n\"; close $c; }}"
+    );
+    let out = std::process::Command::new("docker")
+        .args(["run", "-d", "--label"])
+        .arg(format!("{}egress-sidecar-for=world-{name}", s.prefix))
+        .args([BASE_IMAGE, "perl", "-e", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let ip = std::process::Command::new("docker")
+        .args(["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &id])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&ip.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn egress_policy_really_blocks_and_allows_and_patches_apply() {
+    if !can_run(&[EXECD_IMAGE, BASE_IMAGE, EGRESS_IMAGE]) {
+        return;
+    }
+    let s = Server::start("policy");
+    let a = world_server(&s, "a");
+    let b = world_server(&s, "b");
+    let r = s
+        .call(
+            "POST",
+            "/v1/sandboxes",
+            Some(create_body(json!({
+                "networkPolicy": {"defaultAction": "deny", "egress": [{"action": "allow", "target": a}]}
+            }))),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let ep = endpoint(&s, &id, 44772).await;
+    let dial = |ip: &str| {
+        format!("timeout 3 bash -c 'exec 3<>/dev/tcp/{ip}/7000 && head -1 <&3' || echo BLOCKED")
+    };
+    // The server processes may need a moment to listen.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (out, _) = run(&ep, &dial(&a)).await;
+        if out.trim() == "hello a" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "allowed server unreachable: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (out, _) = run(&ep, &dial(&b)).await;
+    assert_eq!(out.trim(), "BLOCKED", "denied address reachable");
+
+    // PATCH through the egress API takes effect for new connections.
+    let e = s
+        .call("GET", &format!("/v1/sandboxes/{id}/endpoints/18080"), None)
+        .await
+        .json();
+    let token = e["headers"]["OPENSANDBOX-EGRESS-AUTH"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (authority, prefix) = e["endpoint"].as_str().unwrap().split_once('/').unwrap();
+    let p = request(
+        authority,
+        "PATCH",
+        &format!("/{prefix}/policy"),
+        &[("OPENSANDBOX-EGRESS-AUTH".into(), token)],
+        Some(
+            json!([{"action": "allow", "target": b}])
+                .to_string()
+                .into_bytes(),
+        ),
+    )
+    .await;
+    assert_eq!(p.status, 200, "{}", p.text());
+    let (out, _) = run(&ep, &dial(&b)).await;
+    assert_eq!(out.trim(), "hello b", "patched allow rule not applied");
+
+    // Diagnostics: the container's log and the recorded transitions.
+    let logs = s
+        .call(
+            "GET",
+            &format!("/v1/sandboxes/{id}/diagnostics/logs?scope=container"),
+            None,
+        )
+        .await;
+    assert_eq!(logs.status, 200, "{}", logs.text());
+    let logs = logs.json();
+    assert_eq!(logs["kind"], "logs");
+    assert!(
+        logs["content"]
+            .as_str()
+            .unwrap()
+            .contains("execd listening"),
+        "{logs}"
+    );
+    let events = s
+        .call(
+            "GET",
+            &format!("/v1/sandboxes/{id}/diagnostics/events?scope=runtime"),
+            None,
+        )
+        .await
+        .json();
+    assert!(
+        events["content"]
+            .as_str()
+            .unwrap()
+            .contains("Running CONTAINER_RUNNING"),
+        "{events}"
+    );
+    s.call(
+        "GET",
+        &format!("/v1/sandboxes/{id}/diagnostics/logs?scope=nope"),
+        None,
+    )
+    .await
+    .assert_error(400, "DIAGNOSTICS_SCOPE_UNSUPPORTED");
+}
