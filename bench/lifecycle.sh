@@ -68,3 +68,8 @@ target/sdk-venv/bin/python bench/lifecycle_bench.py ours "127.0.0.1:$ours" bench
 if [ "${BENCH_UPSTREAM:-1}" = 1 ]; then
     target/sdk-venv/bin/python bench/lifecycle_bench.py "upstream 1.1.1 + our images" "127.0.0.1:$up" bench-key "$image" "${BENCH_N:-20}" "${BENCH_C:-10}"
 fi
+rss() { awk '/^VmHWM|^VmRSS/ {printf "%s %.1f MB  ", $1, $2/1000}' "/proc/$1/status"; }
+echo "| ours | server memory | | | $(rss "${pids[0]}") |"
+if [ "${BENCH_UPSTREAM:-1}" = 1 ]; then
+    echo "| upstream 1.1.1 + our images | server memory | | | $(rss "${pids[1]}") |"
+fi
