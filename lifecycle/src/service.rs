@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use tracing::Instrument;
 
 use crate::docker::{
-    DockerError, Driver, EgressSpec, Spec, View, EGRESS_PORT, EXECD_PORT, HTTP_PORT,
+    sidecar_name, DockerError, Driver, EgressSpec, Spec, View, EGRESS_PORT, EXECD_PORT, HTTP_PORT,
 };
 use crate::model::{
     format_time, from_millis, parse_time, to_millis, CreateSandboxRequest, CreateSandboxResponse,
@@ -232,7 +232,7 @@ impl Service {
         });
         if let Some(e) = &egress {
             labels.insert(self.label("egress-auth-token"), e.token.clone());
-            labels.insert(self.label("egress-sidecar"), format!("sandbox-egress-{id}"));
+            labels.insert(self.label("egress-sidecar"), sidecar_name(&id));
         }
         let spec = Spec {
             id: id.clone(),
@@ -247,15 +247,16 @@ impl Service {
         };
         let span = tracing::info_span!("create", sandbox = %id, image = %spec.image);
         // Record first: a crash mid-create leaves a row the restart cleans up.
-        self.store.upsert_sandbox(&SandboxRow {
+        let mut row = SandboxRow {
             id: id.clone(),
             container_id: String::new(),
-            sidecar_id: spec.egress.as_ref().map(|_| format!("sandbox-egress-{id}")),
+            sidecar_id: spec.egress.as_ref().map(|_| sidecar_name(&id)),
             created_at_ms: to_millis(created),
             expires_at_ms: expires.map(to_millis),
             metadata: Some(req.metadata.clone()),
             deleted: false,
-        })?;
+        };
+        self.store.upsert_sandbox(&row)?;
         let view = match self.driver.create(&spec).instrument(span).await {
             Ok(v) => v,
             Err(e) => {
@@ -264,23 +265,23 @@ impl Service {
                 return Err(e.into());
             }
         };
-        self.store.upsert_sandbox(&SandboxRow {
-            id: id.clone(),
-            container_id: view.container_id.clone(),
-            sidecar_id: view.sidecar.clone(),
-            created_at_ms: to_millis(created),
-            expires_at_ms: expires.map(to_millis),
-            metadata: Some(req.metadata.clone()),
-            deleted: false,
-        })?;
+        row.container_id = view.container_id;
+        row.sidecar_id = view.sidecar;
+        self.store.upsert_sandbox(&row)?;
         let at = format_time(created);
+        let status = crate::model::SandboxStatus {
+            state: "Running".into(),
+            reason: Some("CONTAINER_RUNNING".into()),
+            message: Some("Sandbox container started successfully.".into()),
+            last_transition_at: Some(at.clone()),
+        };
         self.store.add_transition(
             &id,
             &Transition {
-                state: "Running".into(),
-                reason: Some("CONTAINER_RUNNING".into()),
-                message: Some("Sandbox container started successfully.".into()),
-                at_ms: to_millis(created),
+                state: status.state.clone(),
+                reason: status.reason.clone(),
+                message: status.message.clone(),
+                at_ms: row.created_at_ms,
             },
         )?;
         if let Some(e) = expires {
@@ -289,12 +290,7 @@ impl Service {
         tracing::info!(sandbox = %id, "sandbox created");
         Ok(CreateSandboxResponse {
             id,
-            status: crate::model::SandboxStatus {
-                state: "Running".into(),
-                reason: Some("CONTAINER_RUNNING".into()),
-                message: Some("Sandbox container started successfully.".into()),
-                last_transition_at: Some(at.clone()),
-            },
+            status,
             metadata: (!req.metadata.is_empty()).then(|| req.metadata.clone()),
             platform: req.platform.clone(),
             expires_at: expires.map(format_time),

@@ -7,51 +7,12 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::{can_run, create_body, request, Server, BASE_IMAGE, EGRESS_IMAGE, EXECD_IMAGE};
+use common::{
+    can_run, create_body, request, run_command, Server, BASE_IMAGE, EGRESS_IMAGE, EXECD_IMAGE,
+};
 use serde_json::json;
 
 const IMAGES: &[&str] = &[EXECD_IMAGE, BASE_IMAGE];
-
-/// Runs a shell command through execd's endpoint; returns (stdout, exit event).
-async fn run(endpoint: &str, cmd: &str) -> (String, String) {
-    let (authority, prefix) = endpoint.split_once('/').unwrap();
-    let r = request(
-        authority,
-        "POST",
-        &format!("/{prefix}/command"),
-        &[],
-        Some(json!({ "command": cmd }).to_string().into_bytes()),
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let mut out = String::new();
-    let mut end = String::new();
-    for frame in r.text().split("\n\n").filter(|f| !f.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(frame).unwrap();
-        match v["type"].as_str().unwrap() {
-            "stdout" => {
-                out.push_str(v["text"].as_str().unwrap());
-                out.push('\n');
-            }
-            "execution_complete" => end = "complete".into(),
-            "error" => end = format!("exit {}", v["error"]["evalue"].as_str().unwrap_or("?")),
-            _ => {}
-        }
-    }
-    (out, end)
-}
-
-async fn endpoint(s: &Server, id: &str, port: u16) -> String {
-    let r = s
-        .call(
-            "GET",
-            &format!("/v1/sandboxes/{id}/endpoints/{port}?use_server_proxy=false"),
-            None,
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()["endpoint"].as_str().unwrap().to_string()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn create_use_inspect_and_delete() {
@@ -110,12 +71,12 @@ async fn create_use_inspect_and_delete() {
     );
 
     // execd answers through its endpoint; the environment arrived.
-    let ep = endpoint(&s, &id, 44772).await;
+    let ep = s.endpoint(&id, 44772).await;
     assert!(
         ep.starts_with("127.0.0.1:") && ep.ends_with("/proxy/44772"),
         "{ep}"
     );
-    let (out, end) = run(
+    let (out, end) = run_command(
         &ep,
         "echo $FOO ${DROPPED:-unset} $OPENSANDBOX_ID; grep CapEff /proc/self/status",
     )
@@ -128,7 +89,7 @@ async fn create_use_inspect_and_delete() {
         u64::from_str_radix(lines.next().unwrap().split_whitespace().nth(1).unwrap(), 16).unwrap();
     assert_eq!(eff & (1 << 12 | 1 << 13), 0, "CapEff {eff:x}");
     // 8080 is published directly; 18080 answers 200 without a sidecar.
-    let http = endpoint(&s, &id, 8080).await;
+    let http = s.endpoint(&id, 8080).await;
     assert!(!http.contains("/proxy/"), "{http}");
     let e = s
         .call("GET", &format!("/v1/sandboxes/{id}/endpoints/18080"), None)
@@ -493,17 +454,9 @@ async fn network_policy_runs_an_egress_sidecar() {
         return;
     }
     let s = Server::start("egress");
-    let r = s
-        .call(
-            "POST",
-            "/v1/sandboxes",
-            Some(create_body(json!({
+    let id = s.create_sandbox(create_body(json!({
                 "networkPolicy": {"defaultAction": "deny", "egress": [{"action": "allow", "target": "*.allowed.test"}]}
-            }))),
-        )
-        .await;
-    assert_eq!(r.status, 202, "{}", r.text());
-    let id = r.json()["id"].as_str().unwrap().to_string();
+            }))).await;
     assert_eq!(
         s.containers().len(),
         2,
@@ -548,8 +501,8 @@ async fn network_policy_runs_an_egress_sidecar() {
     );
 
     // Inside: a denied name does not resolve, and there is no NET_ADMIN.
-    let ep = endpoint(&s, &id, 44772).await;
-    let (out, _) = run(
+    let ep = s.endpoint(&id, 44772).await;
+    let (out, _) = run_command(
         &ep,
         "getent hosts blocked.example.com && echo RESOLVED || echo REFUSED",
     )
@@ -575,11 +528,7 @@ async fn an_engine_that_is_down_gets_503_and_the_server_recovers() {
         return;
     }
     let mut s = Server::start("down");
-    let r = s
-        .call("POST", "/v1/sandboxes", Some(create_body(json!({}))))
-        .await;
-    assert_eq!(r.status, 202, "{}", r.text());
-    let id = r.json()["id"].as_str().unwrap().to_string();
+    let id = s.create_sandbox(create_body(json!({}))).await;
     // Restart against a Docker socket that does not exist.
     s.restart_with_env("DOCKER_HOST", "unix:///nonexistent/docker.sock");
     assert_eq!(s.call("GET", "/health", None).await.status, 200);
@@ -632,25 +581,19 @@ async fn egress_policy_really_blocks_and_allows_and_patches_apply() {
     let s = Server::start("policy");
     let a = world_server(&s, "a");
     let b = world_server(&s, "b");
-    let r = s
-        .call(
-            "POST",
-            "/v1/sandboxes",
-            Some(create_body(json!({
-                "networkPolicy": {"defaultAction": "deny", "egress": [{"action": "allow", "target": a}]}
-            }))),
-        )
+    let id = s
+        .create_sandbox(create_body(json!({
+            "networkPolicy": {"defaultAction": "deny", "egress": [{"action": "allow", "target": a}]}
+        })))
         .await;
-    assert_eq!(r.status, 202, "{}", r.text());
-    let id = r.json()["id"].as_str().unwrap().to_string();
-    let ep = endpoint(&s, &id, 44772).await;
+    let ep = s.endpoint(&id, 44772).await;
     let dial = |ip: &str| {
         format!("timeout 3 bash -c 'exec 3<>/dev/tcp/{ip}/7000 && head -1 <&3' || echo BLOCKED")
     };
     // The server processes may need a moment to listen.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let (out, _) = run(&ep, &dial(&a)).await;
+        let (out, _) = run_command(&ep, &dial(&a)).await;
         if out.trim() == "hello a" {
             break;
         }
@@ -660,7 +603,7 @@ async fn egress_policy_really_blocks_and_allows_and_patches_apply() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let (out, _) = run(&ep, &dial(&b)).await;
+    let (out, _) = run_command(&ep, &dial(&b)).await;
     assert_eq!(out.trim(), "BLOCKED", "denied address reachable");
 
     // PATCH through the egress API takes effect for new connections.
@@ -686,7 +629,7 @@ async fn egress_policy_really_blocks_and_allows_and_patches_apply() {
     )
     .await;
     assert_eq!(p.status, 200, "{}", p.text());
-    let (out, _) = run(&ep, &dial(&b)).await;
+    let (out, _) = run_command(&ep, &dial(&b)).await;
     assert_eq!(out.trim(), "hello b", "patched allow rule not applied");
 
     // Diagnostics: the container's log and the recorded transitions.

@@ -148,11 +148,7 @@ async fn server_proxy_reaches_sandbox_services() {
         return;
     }
     let s = Server::start_with("proxy", Some(KEY), "");
-    let r = s
-        .call("POST", "/v1/sandboxes", Some(create_body(json!({}))))
-        .await;
-    assert_eq!(r.status, 202, "{}", r.text());
-    let id = r.json()["id"].as_str().unwrap().to_string();
+    let id = s.create_sandbox(create_body(json!({}))).await;
 
     // execd through the proxy, without the API key, at both mounts; a wrong
     // key is not checked either (and not passed on).
@@ -341,17 +337,9 @@ async fn server_proxy_endpoints() {
         return;
     }
     let s = Server::start_with("proxy-ep", Some(KEY), "");
-    let r = s
-        .call(
-            "POST",
-            "/v1/sandboxes",
-            Some(create_body(json!({
+    let id = s.create_sandbox(create_body(json!({
                 "networkPolicy": {"defaultAction": "deny", "egress": [{"action": "allow", "target": "*.allowed.test"}]}
-            }))),
-        )
-        .await;
-    assert_eq!(r.status, 202, "{}", r.text());
-    let id = r.json()["id"].as_str().unwrap().to_string();
+            }))).await;
     let host = format!("127.0.0.1:{}", s.port);
 
     // The mount prefix the client used is kept.

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    can_run, create_body, image_exists, images_of, request, start_for_snapshots, Server,
+    can_run, create_body, image_exists, images_of, run_command, start_for_snapshots, Server,
     BASE_IMAGE, EXECD_IMAGE,
 };
 use lifecycle::store::{SnapshotRow, Store};
@@ -20,43 +20,11 @@ use serde_json::{json, Value};
 
 const IMAGES: &[&str] = &[EXECD_IMAGE, BASE_IMAGE];
 
-/// Runs a shell command through execd's endpoint; returns its stdout.
+/// Runs a shell command in sandbox `id`; returns its stdout (it must succeed).
 async fn run(s: &Server, id: &str, cmd: &str) -> String {
-    let r = s
-        .call("GET", &format!("/v1/sandboxes/{id}/endpoints/44772"), None)
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let ep = r.json()["endpoint"].as_str().unwrap().to_string();
-    let (authority, prefix) = ep.split_once('/').unwrap();
-    let r = request(
-        authority,
-        "POST",
-        &format!("/{prefix}/command"),
-        &[],
-        Some(json!({ "command": cmd }).to_string().into_bytes()),
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let mut out = String::new();
-    for frame in r.text().split("\n\n").filter(|f| !f.trim().is_empty()) {
-        let v: Value = serde_json::from_str(frame).unwrap();
-        match v["type"].as_str().unwrap() {
-            "stdout" => {
-                out.push_str(v["text"].as_str().unwrap());
-                out.push('\n');
-            }
-            "error" => panic!("{cmd:?} failed: {v}"),
-            _ => {}
-        }
-    }
+    let (out, end) = run_command(&s.endpoint(id, 44772).await, cmd).await;
+    assert_eq!(end, "complete", "{cmd:?} failed: {out}");
     out
-}
-
-/// Creates a sandbox; returns its id.
-async fn create(s: &Server, body: Value) -> String {
-    let r = s.call("POST", "/v1/sandboxes", Some(body)).await;
-    assert_eq!(r.status, 202, "{}", r.text());
-    r.json()["id"].as_str().unwrap().to_string()
 }
 
 /// Polls a snapshot until it leaves `Creating`.
@@ -107,11 +75,11 @@ async fn snapshot_restore_list_and_delete() {
     let repo = s.snapshot_repository();
 
     // A manual-cleanup source with metadata, and a file written through execd.
-    let src = create(
-        &s,
-        create_body(json!({"timeout": null, "metadata": {"team": "infra"}})),
-    )
-    .await;
+    let src = s
+        .create_sandbox(create_body(
+            json!({"timeout": null, "metadata": {"team": "infra"}}),
+        ))
+        .await;
     let out = run(
         &s,
         &src,
@@ -346,7 +314,7 @@ async fn bad_input_and_recovery_after_a_crash() {
         .assert_error(400, "SANDBOX::INVALID_PARAMETER");
 
     // Bad bodies, and a paused source.
-    let id = create(&s, create_body(json!({}))).await;
+    let id = s.create_sandbox(create_body(json!({}))).await;
     let path = format!("/v1/sandboxes/{id}/snapshots");
     s.call("POST", &path, Some(json!({"name": ""})))
         .await

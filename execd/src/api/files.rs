@@ -299,7 +299,10 @@ pub async fn download(app: &App, req: &Request<Incoming>) -> Reply {
         header_value(&content_disposition(&raw)),
     );
     if let Ok(mtime) = meta.modified() {
-        h.insert(header::LAST_MODIFIED, header_value(&http_date(mtime)));
+        h.insert(
+            header::LAST_MODIFIED,
+            header_value(&crate::wire::time::http_date(mtime)),
+        );
     }
     if status == StatusCode::PARTIAL_CONTENT {
         h.insert(
@@ -335,28 +338,6 @@ pub fn content_disposition(path: &str) -> String {
     format!("attachment; filename=\"{enc}\"; filename*=UTF-8''{enc}")
 }
 
-/// An IMF-fixdate (`Tue, 01 Dec 2026 10:44:02 GMT`).
-fn http_date(t: std::time::SystemTime) -> String {
-    let rfc = crate::wire::time::rfc3339_nano(t); // 2026-12-01T10:44:02.123Z
-    let secs = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let days = secs / 86_400;
-    let wd =
-        ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][usize::try_from(days % 7).unwrap_or(0)];
-    let months = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let y = &rfc[0..4];
-    let m: usize = rfc[5..7].parse().unwrap_or(1);
-    let d = &rfc[8..10];
-    let hms = &rfc[11..19];
-    format!(
-        "{wd}, {d} {} {y} {hms} GMT",
-        months[m.saturating_sub(1).min(11)]
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,11 +356,5 @@ mod tests {
             content_disposition("a b\"c"),
             "attachment; filename=\"a%20b%22c\"; filename*=UTF-8''a%20b%22c"
         );
-    }
-
-    #[test]
-    fn http_dates() {
-        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_796_121_842);
-        assert_eq!(http_date(t), "Tue, 01 Dec 2026 10:44:02 GMT");
     }
 }

@@ -37,6 +37,26 @@ pub fn rfc3339_nano(t: SystemTime) -> String {
     s
 }
 
+/// Formats `t` as an HTTP date (IMF-fixdate): `Tue, 01 Dec 2026 10:44:02 GMT`.
+pub fn http_date(t: SystemTime) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{}, {d:02} {} {y:04} {:02}:{:02}:{:02} GMT",
+        DAYS[usize::try_from(days % 7).unwrap_or(0)],
+        MONTHS[usize::try_from(m).unwrap_or(1).saturating_sub(1).min(11)],
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
 /// (Howard Hinnant's algorithm).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
@@ -64,6 +84,13 @@ mod tests {
         assert_eq!(rfc3339_nano(UNIX_EPOCH), "1970-01-01T00:00:00Z");
         let t = UNIX_EPOCH + Duration::new(951_782_400, 1); // 2000-02-29
         assert_eq!(rfc3339_nano(t), "2000-02-29T00:00:00.000000001Z");
+    }
+
+    #[test]
+    fn http_dates() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_796_121_842);
+        assert_eq!(http_date(t), "Tue, 01 Dec 2026 10:44:02 GMT");
+        assert_eq!(http_date(UNIX_EPOCH), "Thu, 01 Jan 1970 00:00:00 GMT");
     }
 
     #[test]

@@ -260,7 +260,7 @@ impl Driver {
         let bundle = self.bundle().await?;
         let sidecar = match &spec.egress {
             Some(e) => {
-                let name = format!("sandbox-egress-{}", spec.id);
+                let name = sidecar_name(&spec.id);
                 if let Err(err) = self.start_sidecar(&name, spec, e).await {
                     self.remove_container(&name).await;
                     return Err(err);
@@ -269,7 +269,7 @@ impl Driver {
             }
             None => None,
         };
-        let name = format!("sandbox-{}", spec.id);
+        let name = container_name(&spec.id);
         let r = self
             .create_main(&name, spec, sidecar.as_deref(), bundle)
             .await;
@@ -488,7 +488,7 @@ impl Driver {
         match self
             .docker()
             .await?
-            .inspect_container(&format!("sandbox-{id}"), None::<InspectContainerOptions>)
+            .inspect_container(&container_name(id), None::<InspectContainerOptions>)
             .await
         {
             Ok(info) => Ok(self.view(info).await),
@@ -700,6 +700,16 @@ impl Driver {
         }
         Ok(out)
     }
+}
+
+/// The container name of sandbox `id`.
+pub fn container_name(id: &str) -> String {
+    format!("sandbox-{id}")
+}
+
+/// The container name of sandbox `id`'s egress sidecar.
+pub fn sidecar_name(id: &str) -> String {
+    format!("sandbox-egress-{id}")
 }
 
 fn exposed(ports: &[u16]) -> HashMap<String, HashMap<(), ()>> {

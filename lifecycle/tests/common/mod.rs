@@ -217,6 +217,26 @@ impl Server {
         .await
     }
 
+    /// Creates a sandbox from `body` (expecting 202); returns its id.
+    pub async fn create_sandbox(&self, body: Value) -> String {
+        let r = self.call("POST", "/v1/sandboxes", Some(body)).await;
+        assert_eq!(r.status, 202, "{}", r.text());
+        r.json()["id"].as_str().unwrap().to_string()
+    }
+
+    /// The endpoint of `port` of sandbox `id` (no server proxy).
+    pub async fn endpoint(&self, id: &str, port: u16) -> String {
+        let r = self
+            .call(
+                "GET",
+                &format!("/v1/sandboxes/{id}/endpoints/{port}?use_server_proxy=false"),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["endpoint"].as_str().unwrap().to_string()
+    }
+
     /// A request to the server.
     pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Resp {
         let mut headers = vec![];
@@ -487,4 +507,39 @@ pub fn run_sdk_script(s: &Server, script: &str, args: &[&str], marker: &str) {
         "left behind: {:?}",
         s.containers()
     );
+}
+
+/// Runs a shell command through an execd endpoint (`host:port/proxy/44772`);
+/// returns its stdout lines (each ending in `\n`) and how it ended:
+/// `complete`, or `exit <code>`.
+pub async fn run_command(endpoint: &str, cmd: &str) -> (String, String) {
+    let (authority, prefix) = endpoint.split_once('/').unwrap();
+    let r = request(
+        authority,
+        "POST",
+        &format!("/{prefix}/command"),
+        &[],
+        Some(
+            serde_json::json!({ "command": cmd })
+                .to_string()
+                .into_bytes(),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut out = String::new();
+    let mut end = String::new();
+    for frame in r.text().split("\n\n").filter(|f| !f.trim().is_empty()) {
+        let v: Value = serde_json::from_str(frame).unwrap();
+        match v["type"].as_str().unwrap() {
+            "stdout" => {
+                out.push_str(v["text"].as_str().unwrap());
+                out.push('\n');
+            }
+            "execution_complete" => end = "complete".into(),
+            "error" => end = format!("exit {}", v["error"]["evalue"].as_str().unwrap_or("?")),
+            _ => {}
+        }
+    }
+    (out, end)
 }
