@@ -125,10 +125,19 @@ impl Execd {
         envs: &[(&str, &str)],
         user: Option<(u32, u32)>,
     ) -> Self {
-        let mut cmd = Self::command(env!("CARGO_BIN_EXE_execd"), 0, &tmp, args, envs);
+        let mut bin = PathBuf::from(env!("CARGO_BIN_EXE_execd"));
+        if user.is_some() {
+            // The build tree may sit in a directory the other user cannot
+            // enter (a checkout under a 0700 temporary directory): run a
+            // copy from the spool directory, which that user owns.
+            let copy = tmp.join("execd");
+            std::fs::copy(&bin, &copy).unwrap();
+            bin = copy;
+        }
+        let mut cmd = Self::command(bin.to_str().unwrap(), 0, &tmp, args, envs);
         if let Some((uid, gid)) = user {
             use std::os::unix::process::CommandExt;
-            cmd.uid(uid).gid(gid);
+            cmd.uid(uid).gid(gid).current_dir(&tmp);
         }
         let mut child = cmd.stdout(Stdio::piped()).spawn().expect("start execd");
         let mut out = BufReader::new(child.stdout.take().unwrap());
