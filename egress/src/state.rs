@@ -145,10 +145,16 @@ impl State {
             }
         }
         count_rules(&m);
-        *self
-            .current
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = (Arc::new(policy), m);
+        let old = std::mem::replace(
+            &mut *self
+                .current
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            (Arc::new(policy), m),
+        );
+        // Freed outside the lock: thousands of rules take a while to drop,
+        // and the DNS proxy reads `current` for every query.
+        drop(old);
         self.changed.notify_one();
         Ok(())
     }

@@ -14,7 +14,7 @@ pub mod wire;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -70,7 +70,8 @@ pub struct Nft {
     opts: ruleset::Options,
     sock: Mutex<Socket>,
     seq: AtomicU32,
-    installed: AtomicBool,
+    /// What the kernel holds of the policy; None until the table is installed.
+    installed: Mutex<Option<ruleset::Installed>>,
     learned: Mutex<HashMap<IpAddr, Learned>>,
 }
 
@@ -85,7 +86,7 @@ impl Nft {
             opts,
             sock: Mutex::new(Socket::open()?),
             seq: AtomicU32::new(1),
-            installed: AtomicBool::new(false),
+            installed: Mutex::new(None),
             learned: Mutex::new(HashMap::new()),
         })
     }
@@ -102,14 +103,17 @@ impl Nft {
     }
 
     fn apply_policy(&self, policy: &Policy, matcher: &Matcher) -> Result<(), NftError> {
-        if !self.installed.load(Ordering::Acquire) || !self.opts.filter {
-            if self.installed.load(Ordering::Acquire) {
-                return Ok(()); // dns mode: the redirect does not depend on the policy
-            }
-            self.send(|seq| ruleset::full(policy, &self.opts, seq))?;
-            self.installed.store(true, Ordering::Release);
+        let next = ruleset::Installed::of(policy, &self.opts);
+        // Held for the whole change: what it records must be what the kernel holds.
+        let mut installed = lock(&self.installed);
+        let Some(prev) = installed.as_ref() else {
+            self.send(|seq| ruleset::full(&next, &self.opts, seq))?;
+            *installed = Some(next);
             lock(&self.learned).clear();
             return Ok(());
+        };
+        if !self.opts.filter {
+            return Ok(()); // dns mode: the redirect does not depend on the policy
         }
         let now = Instant::now();
         let forget: Vec<IpAddr> = {
@@ -129,10 +133,12 @@ impl Nft {
         tracing::debug!(
             forget = forget.len(),
             learned = lock(&self.learned).len(),
+            ranges = next.len(),
             "nftables update"
         );
-        match self.send(|seq| ruleset::update(policy, &self.opts, &forget, seq)) {
+        match self.send(|seq| ruleset::update(prev, &next, &self.opts, &forget, seq)) {
             Ok(()) => {
+                *installed = Some(next);
                 let mut learned = lock(&self.learned);
                 for ip in &forget {
                     learned.remove(ip);
@@ -144,8 +150,10 @@ impl Nft {
                 errno: nix::errno::Errno::ENOENT,
                 ..
             }) => {
-                self.installed.store(false, Ordering::Release);
-                self.apply_policy(policy, matcher)
+                self.send(|seq| ruleset::full(&next, &self.opts, seq))?;
+                *installed = Some(next);
+                lock(&self.learned).clear();
+                Ok(())
             }
             Err(e) => Err(e),
         }
@@ -303,7 +311,7 @@ pub fn probe_cgroup_level(id: u64) -> Option<u32> {
 /// Applies the whole ruleset for `policy` in one transaction.
 pub fn apply_full(policy: &Policy, opts: &ruleset::Options) -> Result<(), NftError> {
     let sock = Socket::open()?;
-    let (bytes, what) = ruleset::full(policy, opts, 1);
+    let (bytes, what) = ruleset::full(&ruleset::Installed::of(policy, opts), opts, 1);
     sock.apply(&bytes, &what)
 }
 

@@ -6,6 +6,7 @@
 //! reload it is a warning and the previous overlay stays.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::{parse_target, Action, Policy, Rule};
 
@@ -13,7 +14,7 @@ use super::{parse_target, Action, Policy, Rule};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Always {
     /// deny.always rules, then allow.always rules.
-    pub rules: Vec<Rule>,
+    pub rules: Vec<Arc<Rule>>,
     stamp: Vec<Option<(i64, u64)>>,
 }
 
@@ -24,7 +25,7 @@ fn stamp(path: &Path) -> Option<(i64, u64)> {
 }
 
 /// Parses one file's text into rules with `action`.
-pub fn parse(text: &str, action: Action, file: &str) -> Result<Vec<Rule>, String> {
+pub fn parse(text: &str, action: Action, file: &str) -> Result<Vec<Arc<Rule>>, String> {
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let t = line.split('#').next().unwrap_or("").trim();
@@ -32,11 +33,11 @@ pub fn parse(text: &str, action: Action, file: &str) -> Result<Vec<Rule>, String
             continue;
         }
         let parsed = parse_target(t).map_err(|e| format!("{file}:{}: {t:?}: {e}", n + 1))?;
-        out.push(Rule {
+        out.push(Arc::new(Rule {
             action,
             target: t.to_string(),
             parsed,
-        });
+        }));
     }
     Ok(out)
 }

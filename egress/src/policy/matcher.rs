@@ -7,10 +7,48 @@
 //! Addresses: deny rules are checked before allow rules, as upstream's
 //! nftables sets are; the most useful answer for `explain`.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
+use std::sync::Arc;
 
-use super::{mask, Action, Policy, Target};
+use super::{mask, Action, Policy, Rule, Target};
+
+/// A name rule as a map key: hashed and compared by its name (the domain,
+/// or a wildcard's suffix), so that compiling a policy copies pointers, not
+/// names.
+#[derive(Debug, Clone)]
+struct NameKey(Arc<Rule>);
+
+impl NameKey {
+    fn name(&self) -> &str {
+        match &self.0.parsed {
+            Target::Domain(d) | Target::Wildcard(d) => d,
+            Target::Ip(_) | Target::Cidr(..) => "",
+        }
+    }
+}
+
+impl Borrow<str> for NameKey {
+    fn borrow(&self) -> &str {
+        self.name()
+    }
+}
+
+impl Hash for NameKey {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.name().hash(h);
+    }
+}
+
+impl PartialEq for NameKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.name() == other.name()
+    }
+}
+
+impl Eq for NameKey {}
 
 /// Which rule decided, or the default.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,24 +65,33 @@ pub struct Decision {
 #[derive(Debug, Clone)]
 pub struct Matcher {
     policy: Policy,
-    exact: HashMap<String, usize>,
-    wildcard: HashMap<String, usize>,
+    exact: HashMap<NameKey, usize>,
+    wildcard: HashMap<NameKey, usize>,
     nets: Vec<(usize, IpAddr, u8)>,
 }
 
 impl Matcher {
     /// Compiles `policy`.
     pub fn new(policy: Policy) -> Self {
-        let mut exact = HashMap::new();
-        let mut wildcard = HashMap::new();
-        let mut nets = Vec::new();
+        // Sized up front: no rehashing while thousands of rules go in.
+        let (mut names, mut wild) = (0, 0);
+        for r in &policy.egress {
+            match r.parsed {
+                Target::Domain(_) => names += 1,
+                Target::Wildcard(_) => wild += 1,
+                _ => {}
+            }
+        }
+        let mut exact = HashMap::with_capacity(names);
+        let mut wildcard = HashMap::with_capacity(wild);
+        let mut nets = Vec::with_capacity(policy.egress.len() - names - wild);
         for (i, r) in policy.egress.iter().enumerate() {
             match &r.parsed {
-                Target::Domain(d) => {
-                    exact.entry(d.clone()).or_insert(i);
+                Target::Domain(_) => {
+                    exact.entry(NameKey(Arc::clone(r))).or_insert(i);
                 }
-                Target::Wildcard(s) => {
-                    wildcard.entry(s.clone()).or_insert(i);
+                Target::Wildcard(_) => {
+                    wildcard.entry(NameKey(Arc::clone(r))).or_insert(i);
                 }
                 Target::Ip(ip) => nets.push((i, *ip, if ip.is_ipv4() { 32 } else { 128 })),
                 Target::Cidr(ip, len) => nets.push((i, *ip, *len)),

@@ -8,7 +8,9 @@
 pub mod always;
 pub mod matcher;
 
+use std::collections::HashSet;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -75,8 +77,9 @@ pub struct Rule {
 pub struct Policy {
     /// What happens when no rule matches.
     pub default_action: Action,
-    /// Rules, first match wins.
-    pub egress: Vec<Rule>,
+    /// Rules, first match wins. Shared: a PATCH onto thousands of rules
+    /// copies pointers, not rules.
+    pub egress: Vec<Arc<Rule>>,
 }
 
 impl Default for Policy {
@@ -262,17 +265,30 @@ fn parse_rule(index: usize, v: &Value) -> Result<Rule, PolicyError> {
 }
 
 /// Parses a list of rules (a PATCH body, or a policy's `egress`).
-pub fn parse_rules(v: &Value) -> Result<Vec<Rule>, PolicyError> {
+pub fn parse_rules(v: &Value) -> Result<Vec<Arc<Rule>>, PolicyError> {
     match v {
         Value::Null => Ok(Vec::new()),
         Value::Array(items) => items
             .iter()
             .enumerate()
-            .map(|(i, r)| parse_rule(i, r))
+            .map(|(i, r)| parse_rule(i, r).map(Arc::new))
             .collect(),
         other => Err(PolicyError::Malformed(format!(
             "expected an array of rules, got {other}"
         ))),
+    }
+}
+
+/// Whether `lowered` (lowercase strings) holds `target` in any case, without
+/// allocating for the usual lowercase target (a PATCH or DELETE checks every
+/// rule in force).
+fn contains_caseless(lowered: &HashSet<String>, target: &str) -> bool {
+    if lowered.len() <= 8 {
+        lowered.iter().any(|l| l.eq_ignore_ascii_case(target))
+    } else if target.bytes().any(|b| b.is_ascii_uppercase()) {
+        lowered.contains(&target.to_ascii_lowercase())
+    } else {
+        lowered.contains(target)
     }
 }
 
@@ -313,11 +329,11 @@ impl Policy {
 
     /// PATCH: the new rules first (deduplicated by lowercased target, first
     /// wins), then the old rules whose target the patch does not name.
-    pub fn patched(&self, patch: Vec<Rule>) -> Result<Self, PolicyError> {
+    pub fn patched(&self, patch: Vec<Arc<Rule>>) -> Result<Self, PolicyError> {
         if patch.is_empty() {
             return Err(PolicyError::Empty);
         }
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = HashSet::new();
         let mut egress = Vec::with_capacity(patch.len() + self.egress.len());
         for r in patch {
             if seen.insert(r.target.to_ascii_lowercase()) {
@@ -325,8 +341,8 @@ impl Policy {
             }
         }
         for r in &self.egress {
-            if !seen.contains(&r.target.to_ascii_lowercase()) {
-                egress.push(r.clone());
+            if !contains_caseless(&seen, &r.target) {
+                egress.push(Arc::clone(r));
             }
         }
         Ok(Self {
@@ -341,14 +357,14 @@ impl Policy {
         if targets.is_empty() {
             return Err(PolicyError::Empty);
         }
-        let drop: std::collections::HashSet<String> = targets
+        let drop: HashSet<String> = targets
             .iter()
             .map(|t| t.trim().to_ascii_lowercase())
             .collect();
-        let egress: Vec<Rule> = self
+        let egress: Vec<Arc<Rule>> = self
             .egress
             .iter()
-            .filter(|r| !drop.contains(&r.target.to_ascii_lowercase()))
+            .filter(|r| !contains_caseless(&drop, &r.target))
             .cloned()
             .collect();
         let removed = self.egress.len() - egress.len();
@@ -418,7 +434,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn rules(v: Value) -> Vec<Rule> {
+    fn rules(v: Value) -> Vec<Arc<Rule>> {
         parse_rules(&v).unwrap()
     }
 
@@ -532,6 +548,23 @@ mod tests {
             [("deny", "B.com"), ("allow", "c.com"), ("allow", "a.com")]
         );
         assert_eq!(p.patched(vec![]).unwrap_err(), PolicyError::Empty);
+        // A large patch (hashed rather than scanned) against targets in any case.
+        let old = Policy {
+            default_action: Action::Deny,
+            egress: rules(
+                json!([{"action":"allow","target":"X5.com"},{"action":"allow","target":"keep.com"},{"action":"allow","target":"x7.COM"}]),
+            ),
+        };
+        let many: Vec<Value> = (0..20)
+            .map(|i| json!({"action":"deny","target":format!("x{i}.com")}))
+            .collect();
+        let patched = old.patched(rules(Value::Array(many))).unwrap();
+        assert_eq!(patched.egress.len(), 21);
+        assert_eq!(patched.egress[20].target, "keep.com");
+        let (gone, n) = patched
+            .without(&(0..10).map(|i| format!("X{i}.Com")).collect::<Vec<_>>())
+            .unwrap();
+        assert_eq!((n, gone.egress.len()), (10, 11));
     }
 
     #[test]
