@@ -53,7 +53,8 @@ fn run() -> anyhow::Result<()> {
                     // the root cgroup): egress's sockets carry a random mark
                     // (upstream's carried 0x1) and a dedicated owner uid. To
                     // pass, a sandbox process must set marks, guess this one
-                    // and take that uid; a cgroup could not be forged at all.
+                    // and take that uid, one guess per lockout (the ruleset's
+                    // tripwire); a cgroup could not be forged at all.
                     tracing::warn!(
                         uid = cfg.socket_uid,
                         "no cgroup v2 of its own: egress's sockets are told apart by a random socket mark \
@@ -119,6 +120,15 @@ fn run() -> anyhow::Result<()> {
                     "dot" => "DNS over TLS (port 853)".into(),
                     "dns_guard" => "DNS around the proxy".into(),
                     "doh" => "port 443 blocked against DNS over HTTPS".into(),
+                    egress::nft::ruleset::FORGED_PREFIX => {
+                        tracing::warn!(
+                            ip = %r.ip,
+                            port = r.port,
+                            lockout_ms = egress::nft::ruleset::OWN_LOCKOUT_MS,
+                            "a sandbox process used egress's socket uid with a wrong mark: egress's uid is locked out"
+                        );
+                        "egress's socket uid with a wrong mark (a search for the mark): locked out".into()
+                    }
                     other => other.into(),
                 };
                 st.events.connect_refused(r.ip, r.port, rule);

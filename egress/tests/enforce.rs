@@ -309,8 +309,85 @@ fn without_a_cgroup_of_its_own_egress_marks_its_sockets() {
             w.udp_queries.load(std::sync::atomic::Ordering::SeqCst) >= 1,
             "egress itself reached the resolver"
         );
+
+        // The tripwire. A process that takes egress's socket uid (root with
+        // CAP_SETUID) and sets marks could search the 2^32 marks, one failed
+        // send each. The right mark does pass (what the search looks for)...
+        assert_eq!(send_as_egress_uid(mark, "10.0.0.2:443"), None);
+        // ...but the first wrong one is dropped, reported, and locks egress's
+        // uid out: now the right mark is dropped too, so a search learns
+        // nothing until the lockout ends, and any wrong mark starts it again.
+        assert_eq!(send_as_egress_uid(mark ^ 0x10, "10.0.0.2:443"), Some(1));
+        assert_eq!(
+            send_as_egress_uid(mark, "10.0.0.2:443"),
+            Some(1),
+            "locked out"
+        );
+        let set = std::process::Command::new("nft")
+            .args(["list", "set", "inet", "opensandbox", "own_tripped"])
+            .output()
+            .unwrap();
+        let set = String::from_utf8_lossy(&set.stdout).into_owned();
+        assert!(set.contains("elements = { 0x00000001"), "{set}");
+        let ev = e.wait_event(|ev| {
+            ev["kind"] == "connect"
+                && ev["rule"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("wrong mark"))
+        });
+        assert_eq!(
+            (ev["ip"].as_str(), ev["port"].as_u64()),
+            (Some("10.0.0.2"), Some(443))
+        );
+        // egress's own queries fail while it lasts, and work again after.
+        let before = w.udp_queries.load(std::sync::atomic::Ordering::SeqCst);
+        let started = std::time::Instant::now();
+        let m = query_with_mark("198.51.100.1:53", "allowed.test.", 0);
+        assert!(
+            m.as_ref()
+                .is_none_or(|m| rcode(m) == ResponseCode::ServFail),
+            "{m:?}"
+        );
+        assert_eq!(
+            w.udp_queries.load(std::sync::atomic::Ordering::SeqCst),
+            before
+        );
+        let limit = Duration::from_millis(::egress::nft::ruleset::OWN_LOCKOUT_MS + 5_000);
+        loop {
+            let m = query_with_mark("198.51.100.1:53", "allowed.test.", 0);
+            if m.as_ref()
+                .is_some_and(|m| addrs(m) == [Ipv4Addr::new(10, 0, 0, 1)])
+            {
+                break;
+            }
+            assert!(started.elapsed() < limit, "egress never recovered: {m:?}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        assert!(
+            started.elapsed()
+                >= Duration::from_millis(::egress::nft::ruleset::OWN_LOCKOUT_MS - 1_000),
+            "the lockout ended early"
+        );
         drop(e);
     });
+}
+
+/// Sends a datagram to `addr` from a socket owned by egress's socket uid
+/// (the default, 4000000000) carrying `mark`: None when it left, else the
+/// errno (1: dropped).
+fn send_as_egress_uid(mark: u32, addr: &'static str) -> Option<i32> {
+    std::thread::spawn(move || {
+        use std::os::fd::AsFd;
+        // fsuid is per thread; the socket's owner is the creator's fsuid.
+        let before = nix::unistd::setfsuid(nix::unistd::Uid::from_raw(4_000_000_000));
+        let s = std::net::UdpSocket::bind("0.0.0.0:0");
+        nix::unistd::setfsuid(before);
+        let s = s.unwrap();
+        nix::sys::socket::setsockopt(&s.as_fd(), nix::sys::socket::sockopt::Mark, &mark).unwrap();
+        s.send_to(b"x", addr).err().and_then(|e| e.raw_os_error())
+    })
+    .join()
+    .unwrap()
 }
 
 #[test]

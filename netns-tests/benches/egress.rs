@@ -431,7 +431,9 @@ fn patches(e: &mut Egress) -> Vec<Patch> {
     }
     // One rule onto a policy that already holds 10,000 (the mix if egress
     // takes it, else domains only).
-    let (base, label) = match timed(e, "PATCH", "/policy", &rules(Kind::Mix, 10_000, 99)) {
+    let (base, label) = match timed(e, "POST", "/policy", POLICY)
+        .and_then(|_| timed(e, "PATCH", "/policy", &rules(Kind::Mix, 10_000, 99)))
+    {
         Ok(_) => (Ok(()), "1 rule onto 10,000"),
         Err(_) => (
             timed(e, "POST", "/policy", POLICY)

@@ -140,6 +140,19 @@ impl Egress {
     pub fn lookup(&self, name: &str) -> Message {
         dns_udp(self.dns, name, RecordType::A)
     }
+
+    /// Waits (up to 2 s) for an event matching `f` in `GET /events`.
+    pub fn wait_event(&self, f: impl Fn(&Value) -> bool) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            let (_, v) = self.json("GET", "/events", None);
+            if let Some(ev) = v["events"].as_array().unwrap().iter().find(|ev| f(ev)) {
+                return ev.clone();
+            }
+            assert!(std::time::Instant::now() < deadline, "no such event in {v}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 impl Drop for Egress {

@@ -83,19 +83,6 @@ fn resolve(name: &str) -> (ResponseCode, Vec<Ipv4Addr>) {
     (rcode(&m), addrs(&m))
 }
 
-/// Waits (up to 2 s) for an event matching `f` in `GET /events`.
-fn wait_event(e: &Egress, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let (_, v) = e.json("GET", "/events", None);
-        if let Some(ev) = v["events"].as_array().unwrap().iter().find(|ev| f(ev)) {
-            return ev.clone();
-        }
-        assert!(Instant::now() < deadline, "no such event in {v}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn hello(ip: Ipv4Addr) -> String {
     format!("hello from {ip}\n")
 }
@@ -123,10 +110,10 @@ fn allowed_connects_denied_is_refused_and_unreachable() {
                 "a denied name's address is unreachable when dialled directly"
             );
             // Both refusals are events: the name, and the connection.
-            let connect = wait_event(e, |ev| ev["kind"] == "connect" && ev["ip"] == B.to_string());
+            let connect = e.wait_event(|ev| ev["kind"] == "connect" && ev["ip"] == B.to_string());
             assert_eq!(connect["port"], 80);
             assert_eq!(connect["rule"], "defaultAction");
-            let name = wait_event(e, |ev| ev["kind"] == "dns");
+            let name = e.wait_event(|ev| ev["kind"] == "dns");
             assert_eq!(name["domain"], "denied.test");
             assert_eq!(fetch(C), None);
             // A connected socket (as the C library's resolver uses) only takes
@@ -182,7 +169,7 @@ fn default_allow_with_deny_rules() {
         assert_eq!(fetch(A), Some(hello(A)));
         assert_eq!(resolve("denied.test.").0, ResponseCode::NXDomain);
         assert_eq!(fetch(C), None, "a denied address is dropped");
-        let ev = wait_event(e, |ev| ev["kind"] == "connect");
+        let ev = e.wait_event(|ev| ev["kind"] == "connect");
         assert_eq!(
             (ev["ip"].as_str(), ev["rule"].as_str()),
             (Some("198.51.100.12"), Some("198.51.100.12"))

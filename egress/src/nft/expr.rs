@@ -1,5 +1,6 @@
-//! nf_tables rule expressions (`payload`, `meta`, `cmp`, `lookup`, `ct`,
-//! `bitwise`, `immediate`), each encoded as one `NFTA_LIST_ELEM`.
+//! nf_tables rule expressions (`payload`, `meta`, `cmp`, `lookup`,
+//! `dynset`, `ct`, `bitwise`, `immediate`, ...), each encoded as one
+//! `NFTA_LIST_ELEM`.
 
 use super::wire::{attr, Attrs};
 
@@ -124,6 +125,15 @@ impl Exprs {
             d.u32(1, REG1).nest(2, |v| {
                 v.bytes(attr::DATA_VALUE, data);
             });
+        })
+    }
+
+    /// Adds the key in register 1 to the named set, or refreshes its
+    /// timeout when it is there (`NFT_DYNSET_OP_UPDATE`; the set needs the
+    /// timeout and eval flags).
+    pub fn set_update(&mut self, set: &str) -> &mut Self {
+        self.expr("dynset", |d| {
+            d.str(1, set).u32(3, 1).u32(4, REG1); // NFTA_DYNSET_SET_NAME, _OP, _SREG_KEY
         })
     }
 

@@ -3,7 +3,8 @@
 //! (upstream always used mark 0x1) together with a socket owner uid. The mark
 //! is random per start and the uid is one the sandbox should not hold, so a
 //! sandbox process needs to guess the mark *and* be able to take that uid
-//! (`CAP_SETUID`); only the cgroup is airtight.
+//! (`CAP_SETUID`); the ruleset's tripwire (`ruleset::own_guard`) allows one
+//! guess per lockout. Only the cgroup cannot be forged at all.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};

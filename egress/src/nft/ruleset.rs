@@ -600,11 +600,77 @@ pub fn full(inst: &Installed, opts: &Options, seq: u32) -> Encoded {
     if let Some(port) = opts.redirect_port {
         redirect_chain(&mut b, opts, port);
     }
+    if opts.filter || opts.redirect_port.is_some() {
+        own_guard(&mut b, opts);
+    }
     done(b)
 }
 
 /// Conntrack zone of egress's own connections.
 pub const OWN_ZONE: u16 = 0x5e9;
+
+/// The set that holds an element while egress's socket uid is locked out.
+pub const OWN_TRIPPED: &str = "own_tripped";
+/// How long egress's socket uid is locked out after a wrong mark; every
+/// further wrong mark starts the time again.
+pub const OWN_LOCKOUT_MS: u64 = 10_000;
+/// nflog prefix of a wrong mark on egress's socket uid.
+pub const FORGED_PREFIX: &str = "forged_mark";
+
+/// The tripwire of the mark fallback (no cgroup v2 of its own). egress
+/// marks every socket its uid owns, so a socket of that uid with another
+/// mark is a sandbox process searching for the mark: the packet is dropped
+/// and, for [`OWN_LOCKOUT_MS`], every packet of that uid is dropped too,
+/// the right mark included. A search then gets one guess per lockout
+/// (2^32 marks: centuries) instead of millions per second; the price is
+/// that egress's own queries fail while a search goes on. Runs before
+/// every chain that trusts the mark (priority -310).
+fn own_guard(b: &mut Batch, opts: &Options) {
+    let Some(Own::Mark {
+        mark,
+        uid: Some(uid),
+    }) = opts.own
+    else {
+        return;
+    };
+    let mut a = Attrs::default();
+    a.str(attr::SET_TABLE, TABLE)
+        .str(attr::SET_NAME, OWN_TRIPPED)
+        .u32(attr::SET_FLAGS, set_flags::TIMEOUT | set_flags::EVAL)
+        .u32(attr::SET_KEY_TYPE, 19) // mark
+        .u32(attr::SET_KEY_LEN, 4)
+        .u32(attr::SET_ID, 30)
+        .u64(attr::SET_TIMEOUT, OWN_LOCKOUT_MS);
+    b.add(
+        msg::NEWSET,
+        NLM_F_CREATE,
+        family::INET,
+        &a,
+        format!("set {OWN_TRIPPED}"),
+    );
+    base_chain(b, "own_guard", 3, -310, "filter");
+    add_rule_to(
+        b,
+        "own_guard",
+        "egress's uid with a wrong mark: lock out and drop",
+        |x| {
+            x.meta(MetaKey::SkUid)
+                .cmp(true, &uid.to_ne_bytes())
+                .socket_mark()
+                .cmp(false, &mark.to_ne_bytes())
+                .load(&1u32.to_be_bytes())
+                .set_update(OWN_TRIPPED);
+            logged(x, opts, FORGED_PREFIX).verdict(Verdict::Drop);
+        },
+    );
+    add_rule_to(b, "own_guard", "egress's uid while locked out: drop", |x| {
+        x.meta(MetaKey::SkUid)
+            .cmp(true, &uid.to_ne_bytes())
+            .load(&1u32.to_be_bytes())
+            .lookup(OWN_TRIPPED)
+            .verdict(Verdict::Drop);
+    });
+}
 
 fn base_chain(b: &mut Batch, name: &str, hook: u32, priority: i32, kind: &str) {
     let mut c = Attrs::default();

@@ -79,6 +79,8 @@ pub mod set_flags {
     pub const INTERVAL: u32 = 0x4;
     /// Elements expire.
     pub const TIMEOUT: u32 = 0x10;
+    /// Rules may add elements (`dynset`).
+    pub const EVAL: u32 = 0x20;
 }
 
 /// Element flag: this key ends an interval.
