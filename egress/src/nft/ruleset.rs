@@ -107,13 +107,29 @@ fn nets(policy: &Policy, extra_allow: &[IpAddr]) -> [Vec<(u128, u8)>; 4] {
     out
 }
 
-fn add_set(b: &mut Batch, name: &str, id: u32, v4: bool, flags: u32, timeout_ms: Option<u64>) {
+/// Key type and length of an address set: `ipv4_addr` or `ipv6_addr`.
+fn addr_key(v4: bool) -> (u32, u32) {
+    if v4 {
+        (7, 4)
+    } else {
+        (8, 16)
+    }
+}
+
+fn add_set(
+    b: &mut Batch,
+    name: &str,
+    id: u32,
+    (key_type, key_len): (u32, u32),
+    flags: u32,
+    timeout_ms: Option<u64>,
+) {
     let mut a = Attrs::default();
     a.str(attr::SET_TABLE, TABLE)
         .str(attr::SET_NAME, name)
         .u32(attr::SET_FLAGS, flags)
-        .u32(attr::SET_KEY_TYPE, if v4 { 7 } else { 8 }) // ipv4_addr / ipv6_addr
-        .u32(attr::SET_KEY_LEN, if v4 { 4 } else { 16 })
+        .u32(attr::SET_KEY_TYPE, key_type)
+        .u32(attr::SET_KEY_LEN, key_len)
         .u32(attr::SET_ID, id);
     if let Some(t) = timeout_ms {
         a.u64(attr::SET_TIMEOUT, t);
@@ -320,7 +336,7 @@ fn doh_sets(b: &mut Batch, opts: &Options) {
         return;
     };
     for (id, (name, v4)) in (20..).zip([("doh_block_v4", true), ("doh_block_v6", false)]) {
-        add_set(b, name, id, v4, set_flags::INTERVAL, None);
+        add_set(b, name, id, addr_key(v4), set_flags::INTERVAL, None);
         let bits = if v4 { 32 } else { 128 };
         let mine = nets
             .iter()
@@ -591,7 +607,7 @@ pub fn full(inst: &Installed, opts: &Options, seq: u32) -> Encoded {
     );
     if opts.filter {
         for (id, (name, v4, flags, timeout)) in (1..).zip(SETS) {
-            add_set(&mut b, name, id, v4, flags, timeout);
+            add_set(&mut b, name, id, addr_key(v4), flags, timeout);
         }
         doh_sets(&mut b, opts);
         static_elements(&mut b, inst);
@@ -633,20 +649,13 @@ fn own_guard(b: &mut Batch, opts: &Options) {
     else {
         return;
     };
-    let mut a = Attrs::default();
-    a.str(attr::SET_TABLE, TABLE)
-        .str(attr::SET_NAME, OWN_TRIPPED)
-        .u32(attr::SET_FLAGS, set_flags::TIMEOUT | set_flags::EVAL)
-        .u32(attr::SET_KEY_TYPE, 19) // mark
-        .u32(attr::SET_KEY_LEN, 4)
-        .u32(attr::SET_ID, 30)
-        .u64(attr::SET_TIMEOUT, OWN_LOCKOUT_MS);
-    b.add(
-        msg::NEWSET,
-        NLM_F_CREATE,
-        family::INET,
-        &a,
-        format!("set {OWN_TRIPPED}"),
+    add_set(
+        b,
+        OWN_TRIPPED,
+        30,
+        (19, 4), // mark
+        set_flags::TIMEOUT | set_flags::EVAL,
+        Some(OWN_LOCKOUT_MS),
     );
     base_chain(b, "own_guard", 3, -310, "filter");
     add_rule_to(
