@@ -50,9 +50,10 @@ impl State {
         policy_file: Option<PathBuf>,
         firewall: Box<dyn Firewall>,
     ) -> Self {
+        let policy = Arc::new(policy);
         let m = Arc::new(Matcher::new(always.apply_to(&policy)));
         Self {
-            current: RwLock::new((Arc::new(policy), m)),
+            current: RwLock::new((policy, m)),
             always: RwLock::new(always),
             writer: tokio::sync::Mutex::new(()),
             events: Events::new(events_max),
@@ -112,8 +113,7 @@ impl State {
                     .always
                     .write()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = a;
-                let user = (*self.user_policy()).clone();
-                match self.put_in_force(user, false) {
+                match self.put_in_force(self.user_policy(), false) {
                     Ok(()) => tracing::info!("always rules reloaded"),
                     Err(e) => tracing::error!(error = %e, "cannot apply the reloaded always rules"),
                 }
@@ -124,11 +124,11 @@ impl State {
     /// Puts `policy` in force: the kernel first (one transaction), then the
     /// policy file, then the DNS proxy. If the file cannot be written the
     /// kernel goes back to the old policy: nothing is half-applied.
-    pub fn install(&self, policy: Policy) -> Result<(), InstallError> {
+    pub fn install(&self, policy: Arc<Policy>) -> Result<(), InstallError> {
         self.put_in_force(policy, true)
     }
 
-    fn put_in_force(&self, policy: Policy, persist_it: bool) -> Result<(), InstallError> {
+    fn put_in_force(&self, policy: Arc<Policy>, persist_it: bool) -> Result<(), InstallError> {
         let effective = self
             .always
             .read()
@@ -150,7 +150,7 @@ impl State {
                 .current
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
-            (Arc::new(policy), m),
+            (policy, m),
         );
         // Freed outside the lock: thousands of rules take a while to drop,
         // and the DNS proxy reads `current` for every query.

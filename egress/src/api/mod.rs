@@ -205,7 +205,8 @@ impl Api {
             return policy_error(&e, "invalid policy");
         }
         let started = std::time::Instant::now();
-        match self.state.install(policy.clone()) {
+        let policy = std::sync::Arc::new(policy);
+        match self.state.install(std::sync::Arc::clone(&policy)) {
             Ok(()) => {
                 tracing::info!(
                     rules = policy.egress.len(),

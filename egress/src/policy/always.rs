@@ -77,14 +77,18 @@ impl Always {
             != self.stamp
     }
 
-    /// The effective policy: the overlay before `user`'s rules.
-    pub fn apply_to(&self, user: &Policy) -> Policy {
+    /// The effective policy: the overlay before `user`'s rules (`user`
+    /// itself when there is no overlay).
+    pub fn apply_to(&self, user: &Arc<Policy>) -> Arc<Policy> {
+        if self.rules.is_empty() {
+            return Arc::clone(user);
+        }
         let mut egress = self.rules.clone();
         egress.extend(user.egress.iter().cloned());
-        Policy {
+        Arc::new(Policy {
             default_action: user.default_action,
             egress,
-        }
+        })
     }
 }
 
@@ -136,8 +140,11 @@ mod tests {
             br#"{"defaultAction":"allow","egress":[{"action":"allow","target":"evil.example"}]}"#,
         )
         .unwrap();
+        let user = Arc::new(user);
         let eff = a.apply_to(&user);
         assert_eq!(eff.egress.len(), 3);
+        // Without an overlay the user's policy is the effective one, shared.
+        assert!(Arc::ptr_eq(&Always::default().apply_to(&user), &user));
         assert_eq!(
             (eff.egress[0].action, eff.egress[0].target.as_str()),
             (Action::Deny, "evil.example")

@@ -64,7 +64,7 @@ pub struct Decision {
 /// A policy ready for lookups.
 #[derive(Debug, Clone)]
 pub struct Matcher {
-    policy: Policy,
+    policy: Arc<Policy>,
     exact: HashMap<NameKey, usize>,
     wildcard: HashMap<NameKey, usize>,
     nets: Vec<(usize, IpAddr, u8)>,
@@ -72,7 +72,8 @@ pub struct Matcher {
 
 impl Matcher {
     /// Compiles `policy`.
-    pub fn new(policy: Policy) -> Self {
+    pub fn new(policy: impl Into<Arc<Policy>>) -> Self {
+        let policy = policy.into();
         // Sized up front: no rehashing while thousands of rules go in.
         let (mut names, mut wild) = (0, 0);
         for r in &policy.egress {
