@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the release binary of egress and runs the egress benchmark
+# Builds the release binary of egress (static musl, as shipped) and runs the egress benchmark
 # (netns-tests/benches/egress.rs): DNS qps and latency through egress,
 # straight to the resolver and through dnsmasq; PATCH /policy latency;
 # answer-to-connect time; binary size and idle RSS. Prints a markdown table
@@ -31,6 +31,14 @@ if ! command -v dnsmasq >/dev/null 2>&1 && [ ! -x /usr/sbin/dnsmasq ]; then
     fi
 fi
 
-cargo build --release -p egress
-export EGRESS_BIN="${EGRESS_BIN:-$PWD/target/release/egress}"
+# The static musl build is what ships (its allocator gives memory back, and
+# costs some speed): measure it when the target is there.
+if rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl && command -v musl-gcc >/dev/null; then
+    cargo build --release --target x86_64-unknown-linux-musl -p egress
+    export EGRESS_BIN="${EGRESS_BIN:-$PWD/target/x86_64-unknown-linux-musl/release/egress}"
+else
+    echo "bench: no musl target (run scripts/setup.sh); measuring the glibc build" >&2
+    cargo build --release -p egress
+    export EGRESS_BIN="${EGRESS_BIN:-$PWD/target/release/egress}"
+fi
 cargo bench -p netns-tests --bench egress
