@@ -429,3 +429,51 @@ fn incremental_updates_leave_what_a_full_install_leaves() {
         }
     });
 }
+
+#[test]
+fn an_update_repairs_sets_changed_behind_its_back() {
+    if !is_root() {
+        eprintln!(
+            "SKIPPED an_update_repairs_sets_changed_behind_its_back: needs root (CI runs as root)"
+        );
+        return;
+    }
+    use egress::nft::{Firewall, Nft};
+    use egress::policy::matcher::Matcher;
+    in_netns(|| {
+        net_up();
+        // Ranges that stay, so that the update is a small difference, not a refill.
+        let stay: String = (1..=20)
+            .map(|i| format!(r#",{{"action":"allow","target":"100.64.0.{i}"}}"#))
+            .collect();
+        let p = |s: &str| Matcher::new(Policy::parse(s.replace("STAY", &stay).as_bytes()).unwrap());
+        let fw = Nft::new(filter_only()).unwrap();
+        fw.apply(&p(
+            r#"{"egress":[{"action":"allow","target":"10.0.0.0/8"},{"action":"allow","target":"a.test"}STAY]}"#,
+        ))
+        .unwrap();
+        fw.learn("a.test.", &[("198.51.100.1".parse().unwrap(), 60)])
+            .unwrap();
+        // Someone else edits the set: removes egress's range, adds one.
+        sh(
+            "nft delete element inet opensandbox allow_v4 '{ 10.0.0.0/8 }' \
+            && nft add element inet opensandbox allow_v4 '{ 203.0.113.0/24 }'",
+        );
+        assert!(can_send("203.0.113.1:9"));
+        // Removing 10/8 incrementally fails (it is gone): the sets are refilled.
+        let policy = r#"{"egress":[{"action":"allow","target":"11.0.0.0/8"},{"action":"allow","target":"a.test"}STAY]}"#;
+        fw.apply(&p(policy)).unwrap();
+        assert!(can_send("11.1.1.1:9"));
+        assert!(!can_send("10.1.1.1:9"));
+        assert!(!can_send("203.0.113.1:9"), "the stranger's range is gone");
+        assert!(can_send("198.51.100.1:9"), "learned addresses are kept");
+        let repaired = static_sets();
+        assert!(can_send("100.64.0.20:9"));
+        apply_full(
+            &Policy::parse(policy.replace("STAY", &stay).as_bytes()).unwrap(),
+            &filter_only(),
+        )
+        .unwrap();
+        assert_eq!(repaired, static_sets());
+    });
+}

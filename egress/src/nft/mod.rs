@@ -136,7 +136,16 @@ impl Nft {
             ranges = next.len(),
             "nftables update"
         );
-        match self.send(|seq| ruleset::update(prev, &next, &self.opts, &forget, seq)) {
+        let mut sent =
+            self.send(|seq| ruleset::update(Some(prev), &next, &self.opts, &forget, seq));
+        if let Err(NftError::Refused { errno, .. }) = &sent {
+            // The kernel does not hold what egress installed (an element
+            // removed or added by someone else): flush and refill the static
+            // sets, keeping the learned addresses.
+            tracing::warn!(%errno, "nftables sets differ from what egress installed; refilling them");
+            sent = self.send(|seq| ruleset::update(None, &next, &self.opts, &forget, seq));
+        }
+        match sent {
             Ok(()) => {
                 *installed = Some(next);
                 let mut learned = lock(&self.learned);

@@ -449,23 +449,30 @@ fn static_elements(b: &mut Batch, inst: &Installed) {
     }
 }
 
+/// Removes every element of `set`.
+fn flush_set(b: &mut Batch, set: &str) {
+    let mut f = Attrs::default();
+    f.str(attr::SET_ELEM_LIST_TABLE, TABLE)
+        .str(attr::SET_ELEM_LIST_SET, set);
+    b.add(msg::DELSETELEM, 0, family::INET, &f, format!("flush {set}"));
+}
+
 /// Changes the static sets from `old` to `new`: the ranges that went, then
 /// the ranges that came, in the same transaction (a range whose bounds
-/// changed is one of each). When most of a set changes, a flush and a
-/// refill is the shorter batch.
-fn static_changes(b: &mut Batch, old: &Installed, new: &Installed) {
-    for (((set, _, v4), o), n) in STATIC_SETS.iter().zip(&old.sets).zip(&new.sets) {
+/// changed is one of each). When most of a set changes, or what the kernel
+/// holds is not known (`old` None), a flush and a refill.
+fn static_changes(b: &mut Batch, old: Option<&Installed>, new: &Installed) {
+    for (i, ((set, _, v4), n)) in STATIC_SETS.iter().zip(&new.sets).enumerate() {
         let bits = if *v4 { 32 } else { 128 };
-        let (gone, added) = diff(o, n);
-        if gone.len() + added.len() > n.len() {
-            let mut f = Attrs::default();
-            f.str(attr::SET_ELEM_LIST_TABLE, TABLE)
-                .str(attr::SET_ELEM_LIST_SET, set);
-            b.add(msg::DELSETELEM, 0, family::INET, &f, format!("flush {set}"));
-            add_intervals(b, set, n, bits);
-        } else {
-            interval_messages(b, msg::DELSETELEM, set, &gone, bits);
-            add_intervals(b, set, &added, bits);
+        match old.map(|o| diff(&o.sets[i], n)) {
+            Some((gone, added)) if gone.len() + added.len() <= n.len() => {
+                interval_messages(b, msg::DELSETELEM, set, &gone, bits);
+                add_intervals(b, set, &added, bits);
+            }
+            _ => {
+                flush_set(b, set);
+                add_intervals(b, set, n, bits);
+            }
         }
     }
 }
@@ -825,9 +832,11 @@ fn redirect_chain(b: &mut Batch, opts: &Options, port: u16) {
 /// The batch that changes the ruleset from `old` to `new` in one
 /// transaction: only the set ranges that differ, the chain only when the
 /// default changed; the learned addresses stay, except `forget` (learned
-/// for names the new policy no longer allows).
+/// for names the new policy no longer allows). With `old` None (what the
+/// kernel holds is in doubt), every static set is flushed and refilled and
+/// the chain rewritten, learned addresses still kept.
 pub fn update(
-    old: &Installed,
+    old: Option<&Installed>,
     new: &Installed,
     opts: &Options,
     forget: &[IpAddr],
@@ -843,12 +852,9 @@ pub fn update(
     );
     // Denied names' addresses are re-learned for the new policy.
     for set in ["dyn_deny_v4", "dyn_deny_v6"] {
-        let mut f = Attrs::default();
-        f.str(attr::SET_ELEM_LIST_TABLE, TABLE)
-            .str(attr::SET_ELEM_LIST_SET, set);
-        b.add(msg::DELSETELEM, 0, family::INET, &f, format!("flush {set}"));
+        flush_set(&mut b, set);
     }
-    if old.default_action != new.default_action {
+    if old.is_none_or(|o| o.default_action != new.default_action) {
         chain_and_rules(&mut b, new.default_action, opts, true);
     }
     done(b)
@@ -1016,7 +1022,7 @@ mod tests {
             &policy(&format!(r#"{{"egress":[{}]}}"#, rules.join(","))),
             &opts,
         );
-        let (bytes, what) = update(&old, &new, &opts, &[], 1);
+        let (bytes, what) = update(Some(&old), &new, &opts, &[], 1);
         // One range added to deny_v4, nothing else but the two dyn_deny flushes
         // (no chain message: the default did not change).
         let names: Vec<&str> = what.iter().map(|(_, w)| w.as_str()).collect();
@@ -1035,10 +1041,20 @@ mod tests {
             ),
             &opts,
         );
-        let (_, what) = update(&new, &other, &opts, &[], 1);
+        let (_, what) = update(Some(&new), &other, &opts, &[], 1);
         let names: Vec<&str> = what.iter().map(|(_, w)| w.as_str()).collect();
         assert!(names.contains(&"chain egress"), "{names:?}");
         assert!(names.contains(&"flush allow_v4"), "{names:?}");
         assert!(names.contains(&"add 1 ranges of allow_v4"), "{names:?}");
+        // Unknown kernel state: every static set flushed and refilled, the chain rewritten.
+        let (_, what) = update(None, &other, &opts, &[], 1);
+        let names: Vec<&str> = what.iter().map(|(_, w)| w.as_str()).collect();
+        for set in ["allow_v4", "deny_v4", "allow_v6", "deny_v6"] {
+            assert!(
+                names.contains(&format!("flush {set}").as_str()),
+                "{names:?}"
+            );
+        }
+        assert!(names.contains(&"chain egress"), "{names:?}");
     }
 }
