@@ -77,7 +77,8 @@ fn run() -> anyhow::Result<()> {
                     redirect_port: cfg.redirect.then_some(cfg.dns_addr.port()),
                     extra_allow,
                     own,
-                    log_group: filter.then_some(egress::nft::nflog::GROUP),
+                    // Every mode with rules in the kernel reports what they drop.
+                    log_group: Some(egress::nft::nflog::GROUP),
                     exempt: cfg.nameserver_exempt.clone(),
                     doh: match (cfg.block_doh_443, cfg.doh_blocklist.is_empty()) {
                         (false, _) => DohBlock::Off,
@@ -116,7 +117,7 @@ fn run() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("dns proxy on {}", cfg.dns_addr))?;
         proxy.probe_upstreams(cfg.dns_probe.clone(), cfg.dns_probe_interval);
-        if filter {
+        if filter || cfg.redirect {
             // Refused connections become events (before the rules exist, so none is missed).
             let st = state.clone();
             if let Err(e) = egress::nft::nflog::listen(move |r| {

@@ -141,6 +141,11 @@ fn query_with_mark(server: &str, name: &str, mark: u32) -> Option<hickory_proto:
 /// A resolver on 127.0.0.1:53 and egress in `dns+nft` mode with the
 /// redirect on, started in `cgroup`, forwarding to that resolver.
 fn redirecting_egress(cgroup: &std::path::Path) -> (FakeResolver, Egress) {
+    redirecting_egress_in_mode(cgroup, "dns+nft")
+}
+
+/// [`redirecting_egress`] in `mode`.
+fn redirecting_egress_in_mode(cgroup: &std::path::Path, mode: &str) -> (FakeResolver, Egress) {
     // The "real" resolver listens on port 53: egress's own queries to it
     // must not be redirected back to egress.
     let w = FakeResolver::start_on(
@@ -152,7 +157,7 @@ fn redirecting_egress(cgroup: &std::path::Path) -> (FakeResolver, Egress) {
     );
     let e = egress_in(
         &[
-            ("OPENSANDBOX_EGRESS_MODE", "dns+nft"),
+            ("OPENSANDBOX_EGRESS_MODE", mode),
             ("OPENSANDBOX_EGRESS_REDIRECT", "on"),
             ("OPENSANDBOX_EGRESS_DNS_UPSTREAM", "127.0.0.1:53"),
             (
@@ -279,20 +284,9 @@ fn without_a_cgroup_of_its_own_egress_marks_its_sockets() {
         let mount = root.path.parent().unwrap().to_path_buf();
         drop(root);
         let (w, e) = redirecting_egress(&mount);
-        let rs = std::process::Command::new("nft")
-            .args(["list", "chain", "inet", "opensandbox", "dns_redirect"])
-            .output()
-            .unwrap();
-        let rs = String::from_utf8_lossy(&rs.stdout);
-        assert!(rs.contains("socket mark"), "{rs}");
         // The mark egress chose, as a process that could read the ruleset
         // would know it: not enough without egress's socket uid.
-        let mark = rs
-            .split("socket mark ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|m| u32::from_str_radix(m.trim_start_matches("0x"), 16).ok())
-            .unwrap_or_else(|| panic!("no mark in {rs}"));
+        let (mark, rs) = egress_mark();
         assert!(rs.contains("meta skuid 4000000000"), "{rs}");
         // egress's own queries reach the resolver; the sandbox's (to any
         // address, unmarked or with upstream's mark 0x1) go to the proxy.
@@ -370,6 +364,55 @@ fn without_a_cgroup_of_its_own_egress_marks_its_sockets() {
         );
         drop(e);
     });
+}
+
+#[test]
+fn the_mark_tripwire_works_in_dns_mode_too() {
+    if skip("the_mark_tripwire_works_in_dns_mode_too") {
+        return;
+    }
+    Netns::new("nocgdns").run(move || {
+        let root = Cgroup::new("root-probe-dns").unwrap();
+        let mount = root.path.parent().unwrap().to_path_buf();
+        drop(root);
+        let (_w, e) = redirecting_egress_in_mode(&mount, "dns");
+        // dns mode filters nothing but DNS: any address is reachable...
+        assert!(can_send("10.0.0.2:443"));
+        // ...but a search for the mark is still a bypass of the DNS redirect
+        // to stop, and it is reported.
+        let (mark, _) = egress_mark();
+        assert_eq!(send_as_egress_uid(mark ^ 1, "198.51.100.1:53"), Some(1));
+        assert_eq!(
+            send_as_egress_uid(mark, "10.0.0.2:443"),
+            Some(1),
+            "locked out"
+        );
+        let ev = e.wait_event(|ev| {
+            ev["kind"] == "connect"
+                && ev["rule"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("wrong mark"))
+        });
+        assert_eq!(ev["port"].as_u64(), Some(53));
+        drop(e);
+    });
+}
+
+/// The socket mark egress chose, read from its `dns_redirect` chain, and
+/// the chain's listing.
+fn egress_mark() -> (u32, String) {
+    let rs = std::process::Command::new("nft")
+        .args(["list", "chain", "inet", "opensandbox", "dns_redirect"])
+        .output()
+        .unwrap();
+    let rs = String::from_utf8_lossy(&rs.stdout).into_owned();
+    let mark = rs
+        .split("socket mark ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|m| u32::from_str_radix(m.trim_start_matches("0x"), 16).ok())
+        .unwrap_or_else(|| panic!("no mark in {rs}"));
+    (mark, rs)
 }
 
 /// Sends a datagram to `addr` from a socket owned by egress's socket uid

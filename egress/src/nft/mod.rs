@@ -103,18 +103,18 @@ impl Nft {
     }
 
     fn apply_policy(&self, policy: &Policy, matcher: &Matcher) -> Result<(), NftError> {
-        let next = ruleset::Installed::of(policy, &self.opts);
         // Held for the whole change: what it records must be what the kernel holds.
         let mut installed = lock(&self.installed);
+        if installed.is_some() && !self.opts.filter {
+            return Ok(()); // dns mode: the redirect does not depend on the policy
+        }
+        let next = ruleset::Installed::of(policy, &self.opts);
         let Some(prev) = installed.as_ref() else {
             self.send(|seq| ruleset::full(&next, &self.opts, seq))?;
             *installed = Some(next);
             lock(&self.learned).clear();
             return Ok(());
         };
-        if !self.opts.filter {
-            return Ok(()); // dns mode: the redirect does not depend on the policy
-        }
         let now = Instant::now();
         let forget: Vec<IpAddr> = {
             let learned = lock(&self.learned);
