@@ -280,10 +280,7 @@ fn without_a_cgroup_of_its_own_egress_marks_its_sockets() {
     Netns::new("nocg").run(move || {
         // egress in the root cgroup (which the sandbox may share), as on a
         // Docker host with cgroup v1: it falls back to a random socket mark.
-        let root = Cgroup::new("root-probe").unwrap();
-        let mount = root.path.parent().unwrap().to_path_buf();
-        drop(root);
-        let (w, e) = redirecting_egress(&mount);
+        let (w, e) = redirecting_egress(&root_cgroup("root-probe"));
         // The mark egress chose, as a process that could read the ruleset
         // would know it: not enough without egress's socket uid.
         let (mark, rs) = egress_mark();
@@ -372,10 +369,7 @@ fn the_mark_tripwire_works_in_dns_mode_too() {
         return;
     }
     Netns::new("nocgdns").run(move || {
-        let root = Cgroup::new("root-probe-dns").unwrap();
-        let mount = root.path.parent().unwrap().to_path_buf();
-        drop(root);
-        let (_w, e) = redirecting_egress_in_mode(&mount, "dns");
+        let (_w, e) = redirecting_egress_in_mode(&root_cgroup("root-probe-dns"), "dns");
         // dns mode filters nothing but DNS: any address is reachable...
         assert!(can_send("10.0.0.2:443"));
         // ...but a search for the mark is still a bypass of the DNS redirect
@@ -396,6 +390,13 @@ fn the_mark_tripwire_works_in_dns_mode_too() {
         assert_eq!(ev["port"].as_u64(), Some(53));
         drop(e);
     });
+}
+
+/// The root of the cgroup v2 hierarchy the tests use (where a process has
+/// no cgroup of its own).
+fn root_cgroup(tag: &str) -> std::path::PathBuf {
+    let probe = Cgroup::new(tag).unwrap();
+    probe.path.parent().unwrap().to_path_buf()
 }
 
 /// The socket mark egress chose, read from its `dns_redirect` chain, and
