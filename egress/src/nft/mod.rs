@@ -1,6 +1,6 @@
 //! nftables over netlink: no `nft` binary at run time. [`wire`] encodes
-//! messages, [`expr`] rule expressions, [`ruleset`] builds the sidecar's
-//! batches, [`socket`] applies a batch atomically, and [`Nft`] is the
+//! messages, [`expr`] rule expressions, [`ranges`] the static sets' contents
+//! and their differences, [`ruleset`] builds the sidecar's batches, [`socket`] applies a batch atomically, and [`Nft`] is the
 //! [`Firewall`] that keeps the kernel in step with the policy and the DNS
 //! answers.
 
@@ -8,6 +8,7 @@ pub mod cgroup;
 pub mod expr;
 pub mod nflog;
 pub mod own;
+pub mod ranges;
 pub mod ruleset;
 pub mod socket;
 pub mod wire;
@@ -108,7 +109,7 @@ impl Nft {
         if installed.is_some() && !self.opts.filter {
             return Ok(()); // dns mode: the redirect does not depend on the policy
         }
-        let next = ruleset::Installed::of(policy, &self.opts);
+        let next = ruleset::Installed::of(policy, &self.opts.extra_allow);
         let Some(prev) = installed.as_ref() else {
             self.send(|seq| ruleset::full(&next, &self.opts, seq))?;
             *installed = Some(next);
@@ -320,7 +321,7 @@ pub fn probe_cgroup_level(id: u64) -> Option<u32> {
 /// Applies the whole ruleset for `policy` in one transaction.
 pub fn apply_full(policy: &Policy, opts: &ruleset::Options) -> Result<(), NftError> {
     let sock = Socket::open()?;
-    let (bytes, what) = ruleset::full(&ruleset::Installed::of(policy, opts), opts, 1);
+    let (bytes, what) = ruleset::full(&ruleset::Installed::of(policy, &opts.extra_allow), opts, 1);
     sock.apply(&bytes, &what)
 }
 
