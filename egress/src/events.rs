@@ -81,13 +81,20 @@ impl Events {
         });
     }
 
-    /// Records a dropped connection attempt.
-    pub fn connect_refused(&self, ip: std::net::IpAddr, port: Option<u16>, rule: String) {
-        tracing::info!(event = "egress.denied", kind = "connect", %ip, port, rule = %rule, "connection refused");
+    /// Records a dropped connection attempt to `ip`, which egress last saw
+    /// as an address of `domain` when it knows one.
+    pub fn connect_refused(
+        &self,
+        ip: std::net::IpAddr,
+        port: Option<u16>,
+        domain: Option<String>,
+        rule: String,
+    ) {
+        tracing::info!(event = "egress.denied", kind = "connect", %ip, port, domain, rule = %rule, "connection refused");
         self.push(Event {
             timestamp: now_ms(),
             kind: "connect",
-            domain: None,
+            domain,
             ip: Some(ip.to_string()),
             port,
             rule,

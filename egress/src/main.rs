@@ -121,9 +121,22 @@ fn run() -> anyhow::Result<()> {
             // Refused connections become events (before the rules exist, so none is missed).
             let st = state.clone();
             if let Err(e) = egress::nft::nflog::listen(move |r| {
+                let mut domain = None;
                 let rule = match r.prefix.as_str() {
                     "deny" => st.matcher().decide_ip(r.ip).target.unwrap_or_else(|| "deny".into()),
-                    "default" => "defaultAction".into(),
+                    "dyn_deny" => {
+                        // An address of a denied name, reached without asking egress.
+                        domain = st.firewall().name_of(r.ip);
+                        domain
+                            .as_deref()
+                            .and_then(|d| st.matcher().decide_name(d).target)
+                            .unwrap_or_else(|| "denied name".into())
+                    }
+                    "default" => {
+                        // Often an address an allowed name gave, used after its answer expired.
+                        domain = st.firewall().name_of(r.ip);
+                        "defaultAction".into()
+                    }
                     "dot" => "DNS over TLS (port 853)".into(),
                     "dns_guard" => "DNS around the proxy".into(),
                     "doh" => "port 443 blocked against DNS over HTTPS".into(),
@@ -138,7 +151,7 @@ fn run() -> anyhow::Result<()> {
                     }
                     other => other.into(),
                 };
-                st.events.connect_refused(r.ip, r.port, rule);
+                st.events.connect_refused(r.ip, r.port, domain, rule);
             }) {
                 tracing::warn!(error = %e, "refused connections will not be reported as events");
             }

@@ -216,7 +216,7 @@ fn ttl_expiry_and_dns_over_tcp() {
     scenario(
         "ttl",
         r#"{"defaultAction":"deny","egress":[{"action":"allow","target":"short.test"},{"action":"allow","target":"allowed.test"}]}"#,
-        |_| {
+        |e| {
             assert_eq!(resolve("short.test."), (ResponseCode::NoError, vec![C]));
             assert_eq!(fetch(C), Some(hello(C)));
             let deadline = Instant::now() + Duration::from_secs(5);
@@ -224,6 +224,17 @@ fn ttl_expiry_and_dns_over_tcp() {
                 std::thread::sleep(Duration::from_millis(200));
             }
             assert_eq!(fetch(C), None, "closed again after the answer's 1 s TTL");
+            // The refusal names the name the address came from.
+            let ev = e.wait_event(|ev| ev["kind"] == "connect" && ev["ip"] == C.to_string());
+            assert_eq!(
+                (
+                    ev["domain"].as_str(),
+                    ev["rule"].as_str(),
+                    ev["port"].as_u64()
+                ),
+                (Some("short.test"), Some("defaultAction"), Some(80)),
+                "{ev}"
+            );
             let m = dns_tcp(WORLD_DNS.parse().unwrap(), "allowed.test.", RecordType::A);
             assert_eq!(addrs(&m), [A], "DNS over TCP is redirected and answered");
             assert_eq!(fetch(A), Some(hello(A)));
@@ -367,6 +378,13 @@ fn default_allow_denied_names_are_unreachable_without_asking_egress() {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+        // The event says which denied name the address belongs to.
+        let ev = e.wait_event(|ev| ev["kind"] == "connect" && ev["ip"] == B.to_string());
+        assert_eq!(
+            (ev["domain"].as_str(), ev["rule"].as_str()),
+            (Some("denied.test"), Some("denied.test")),
+            "{ev}"
+        );
         assert_eq!(fetch(A), Some(hello(A)), "other addresses stay reachable");
         // Allowing the name again opens its address at once.
         assert_eq!(

@@ -212,7 +212,7 @@ impl Proxy {
             self.state
                 .events
                 .dns_refused(&shown, decision.target.as_deref());
-            self.block_in_background(query);
+            self.block_in_background(&shown, query);
             return reply(&msg, ResponseCode::NXDomain);
         }
         let upstreams = self.upstream_list();
@@ -258,18 +258,19 @@ impl Proxy {
     /// Under a default-allow policy, a denied name's addresses are dropped
     /// too (its queries still get NXDOMAIN): resolves `query` upstream in
     /// the background and blocks what comes back.
-    fn block_in_background(&self, query: &[u8]) {
+    fn block_in_background(&self, name: &str, query: &[u8]) {
         let m = self.state.matcher();
         if !self.state.firewall().learns() || m.policy().default_action != Action::Allow {
             return;
         }
         let upstreams = self.upstream_list();
         let (state, query, timeout) = (self.state.clone(), query.to_vec(), self.timeout);
+        let name = name.to_string();
         tokio::spawn(async move {
             if let Some(answer) =
                 forward::exchange(&upstreams, &query, Transport::Udp, timeout).await
             {
-                if let Err(e) = state.firewall().block(&answer_addrs(&answer)) {
+                if let Err(e) = state.firewall().block(&name, &answer_addrs(&answer)) {
                     tracing::warn!(error = %e, "cannot block a denied name's addresses");
                 }
             }
@@ -321,7 +322,7 @@ impl Proxy {
                 if let Some(answer) =
                     forward::exchange(&upstreams, &bytes, Transport::Udp, self.timeout).await
                 {
-                    if let Err(e) = self.state.firewall().block(&answer_addrs(&answer)) {
+                    if let Err(e) = self.state.firewall().block(&name, &answer_addrs(&answer)) {
                         tracing::warn!(error = %e, name, "cannot block a denied name's addresses");
                     }
                 }

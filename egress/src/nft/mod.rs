@@ -36,10 +36,15 @@ pub trait Firewall: Send + Sync + std::fmt::Debug {
     fn learn(&self, name: &str, addrs: &[(IpAddr, u32)]) -> Result<(), NftError>;
     /// Whether DNS answers need to be learned at all.
     fn learns(&self) -> bool;
-    /// Drops traffic to the addresses a denied name resolves to, each for
-    /// its TTL in seconds (for default-allow policies).
-    fn block(&self, _addrs: &[(IpAddr, u32)]) -> Result<(), NftError> {
+    /// Drops traffic to the addresses the denied `name` resolves to, each
+    /// for its TTL in seconds (for default-allow policies).
+    fn block(&self, _name: &str, _addrs: &[(IpAddr, u32)]) -> Result<(), NftError> {
         Ok(())
+    }
+    /// The name an address was last seen for: a denied name it was blocked
+    /// for, else an allowed name it was learned from (for events).
+    fn name_of(&self, _ip: IpAddr) -> Option<String> {
+        None
     }
 }
 
@@ -74,6 +79,42 @@ pub struct Nft {
     /// What the kernel holds of the policy; None until the table is installed.
     installed: Mutex<Option<ruleset::Installed>>,
     learned: Mutex<HashMap<IpAddr, Learned>>,
+    /// Addresses of denied names in `dyn_deny`, with those names.
+    blocked: Mutex<HashMap<IpAddr, Learned>>,
+}
+
+/// Records `name` for each of `addrs` (TTLs in seconds), keeping at most
+/// [`MAX_LEARNED`] addresses (expired, then soonest-expiring ones go first).
+/// An address's expiry moves only when `refreshed` says its kernel element
+/// was just given this TTL.
+fn remember(
+    map: &mut HashMap<IpAddr, Learned>,
+    name: &str,
+    addrs: &[(IpAddr, u32)],
+    now: Instant,
+    refreshed: impl Fn(&IpAddr) -> bool,
+) {
+    if map.len() + addrs.len() > MAX_LEARNED {
+        map.retain(|_, l| l.expires > now);
+        while map.len() + addrs.len() > MAX_LEARNED {
+            let Some(soonest) = map.iter().min_by_key(|(_, l)| l.expires).map(|(ip, _)| *ip) else {
+                break;
+            };
+            map.remove(&soonest);
+        }
+    }
+    for (ip, t) in addrs {
+        let e = map.entry(*ip).or_insert_with(|| Learned {
+            expires: now,
+            names: Vec::new(),
+        });
+        if refreshed(ip) {
+            e.expires = now + Duration::from_secs(u64::from((*t).max(1)));
+        }
+        if !e.names.iter().any(|n| n == name) && e.names.len() < 16 {
+            e.names.push(name.to_string());
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -89,6 +130,7 @@ impl Nft {
             seq: AtomicU32::new(1),
             installed: Mutex::new(None),
             learned: Mutex::new(HashMap::new()),
+            blocked: Mutex::new(HashMap::new()),
         })
     }
 
@@ -114,6 +156,7 @@ impl Nft {
             self.send(|seq| ruleset::full(&next, &self.opts, seq))?;
             *installed = Some(next);
             lock(&self.learned).clear();
+            lock(&self.blocked).clear();
             return Ok(());
         };
         let now = Instant::now();
@@ -153,6 +196,8 @@ impl Nft {
                 for ip in &forget {
                     learned.remove(ip);
                 }
+                // dyn_deny was flushed: denied names are resolved again.
+                lock(&self.blocked).clear();
                 Ok(())
             }
             // The table was removed behind our back: recreate it whole.
@@ -163,6 +208,7 @@ impl Nft {
                 self.send(|seq| ruleset::full(&next, &self.opts, seq))?;
                 *installed = Some(next);
                 lock(&self.learned).clear();
+                lock(&self.blocked).clear();
                 Ok(())
             }
             Err(e) => Err(e),
@@ -199,33 +245,11 @@ impl Firewall for Nft {
         if !stale.is_empty() {
             self.send(|seq| ruleset::learn(&stale, seq))?;
         }
-        let mut learned = lock(&self.learned);
-        if learned.len() + addrs.len() > MAX_LEARNED {
-            learned.retain(|_, l| l.expires > now);
-            while learned.len() + addrs.len() > MAX_LEARNED {
-                let Some(soonest) = learned
-                    .iter()
-                    .min_by_key(|(_, l)| l.expires)
-                    .map(|(ip, _)| *ip)
-                else {
-                    break;
-                };
-                learned.remove(&soonest);
-            }
-        }
-        for (ip, t) in addrs {
-            let e = learned.entry(*ip).or_insert_with(|| Learned {
-                expires: now,
-                names: Vec::new(),
-            });
-            if stale.iter().any(|(s, _)| s == ip) {
-                // The kernel element now expires exactly then (it may be sooner than before).
-                e.expires = now + ttl(*t);
-            }
-            if !e.names.iter().any(|n| n == name) && e.names.len() < 16 {
-                e.names.push(name.to_string());
-            }
-        }
+        // A refreshed kernel element now expires exactly then (it may be
+        // sooner than before).
+        remember(&mut lock(&self.learned), name, addrs, now, |ip| {
+            stale.iter().any(|(s, _)| s == ip)
+        });
         Ok(())
     }
 
@@ -234,7 +258,7 @@ impl Firewall for Nft {
         self.opts.filter
     }
 
-    fn block(&self, addrs: &[(IpAddr, u32)]) -> Result<(), NftError> {
+    fn block(&self, name: &str, addrs: &[(IpAddr, u32)]) -> Result<(), NftError> {
         if !self.opts.filter || addrs.is_empty() {
             return Ok(());
         }
@@ -242,7 +266,24 @@ impl Firewall for Nft {
             .iter()
             .map(|(ip, t)| (*ip, u64::from((*t).max(1)) * 1000))
             .collect();
-        self.send(|seq| ruleset::learn_into("dyn_deny", &with_ms, seq))
+        self.send(|seq| ruleset::learn_into("dyn_deny", &with_ms, seq))?;
+        remember(
+            &mut lock(&self.blocked),
+            name,
+            addrs,
+            Instant::now(),
+            |_| true,
+        );
+        Ok(())
+    }
+
+    fn name_of(&self, ip: IpAddr) -> Option<String> {
+        let first = |m: &HashMap<IpAddr, Learned>| {
+            m.get(&ip)
+                .and_then(|l| l.names.first())
+                .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+        };
+        first(&lock(&self.blocked)).or_else(|| first(&lock(&self.learned)))
     }
 }
 

@@ -426,7 +426,8 @@ fn chain_and_rules(b: &mut Batch, default_action: Action, opts: &Options, flush:
                     .payload(Base::Network, offset, len)
                     .lookup(&name);
                 if verdict == Verdict::Drop {
-                    logged(x, opts, "deny");
+                    // "deny" (a rule's address) or "dyn_deny" (a denied name's).
+                    logged(x, opts, set);
                 }
                 x.verdict(verdict);
             });
