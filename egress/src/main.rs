@@ -126,7 +126,7 @@ fn run() -> anyhow::Result<()> {
                     "deny" => st.matcher().decide_ip(r.ip).target.unwrap_or_else(|| "deny".into()),
                     "dyn_deny" => {
                         // An address of a denied name, reached without asking egress.
-                        domain = st.firewall().name_of(r.ip);
+                        domain = st.firewall().seen(r.ip).filter(|s| s.denied).map(|s| s.name);
                         domain
                             .as_deref()
                             .and_then(|d| st.matcher().decide_name(d).target)
@@ -134,7 +134,7 @@ fn run() -> anyhow::Result<()> {
                     }
                     "default" => {
                         // Often an address an allowed name gave, used after its answer expired.
-                        domain = st.firewall().name_of(r.ip);
+                        domain = st.firewall().seen(r.ip).map(|s| s.name);
                         "defaultAction".into()
                     }
                     "dot" => "DNS over TLS (port 853)".into(),

@@ -59,6 +59,13 @@ fn answers_open_exactly_their_addresses() {
         // An allowed answer's address is open by the time the answer arrives.
         assert_eq!(addrs(&e.lookup("allowed.test.")), [Ipv4Addr::new(10, 0, 0, 1)]);
         assert!(can_send("10.0.0.1:443"), "no race: allowed before the answer is released");
+        // explain says why the address is open (no address rule covers it).
+        let (_, v) = e.json("GET", "/policy/explain?target=10.0.0.1", None);
+        assert_eq!((v["action"].as_str(), v["answer"]["domain"].as_str(), v["answer"]["denied"].as_bool()), (Some("allow"), Some("allowed.test"), Some(false)), "{v}");
+        assert!(v["answer"]["expiresInSeconds"].as_u64().unwrap() > 0, "{v}");
+        assert!(v["reason"].as_str().unwrap().contains("allowed name \"allowed.test\""), "{v}");
+        let (_, v) = e.json("GET", "/policy/explain?target=10.0.0.2", None);
+        assert_eq!((v["action"].as_str(), &v["answer"]), (Some("deny"), &serde_json::Value::Null), "{v}");
         // A denied name: NXDOMAIN, and its address stays closed when dialled directly.
         assert_eq!(rcode(&e.lookup("denied.test.")), ResponseCode::NXDomain);
         assert!(!can_send("10.0.0.2:443"));

@@ -385,6 +385,16 @@ fn default_allow_denied_names_are_unreachable_without_asking_egress() {
             (Some("denied.test"), Some("denied.test")),
             "{ev}"
         );
+        let (_, v) = e.json("GET", &format!("/policy/explain?target={B}"), None);
+        assert_eq!(
+            (
+                v["action"].as_str(),
+                v["answer"]["domain"].as_str(),
+                v["answer"]["denied"].as_bool()
+            ),
+            (Some("deny"), Some("denied.test"), Some(true)),
+            "{v}"
+        );
         assert_eq!(fetch(A), Some(hello(A)), "other addresses stay reachable");
         // Allowing the name again opens its address at once.
         assert_eq!(

@@ -19,7 +19,8 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 
 use crate::config::{Config, Mode};
-use crate::policy::{parse_rules, parse_target, Policy, PolicyError, Target};
+use crate::policy::matcher::Decision;
+use crate::policy::{parse_rules, parse_target, Action, Policy, PolicyError, Target};
 use crate::state::State;
 
 /// Largest request body (a policy of 100,000 rules fits).
@@ -288,9 +289,17 @@ impl Api {
             .map(percent_decode)
             .unwrap_or_default();
         let m = self.state.matcher();
-        let (kind, d) = match parse_target(&target) {
+        let mut seen = None;
+        let (kind, mut d) = match parse_target(&target) {
             Ok(Target::Domain(name)) => ("domain", m.decide_name(&name)),
-            Ok(Target::Ip(ip)) => ("ip", m.decide_ip(ip)),
+            Ok(Target::Ip(ip)) => {
+                seen = self
+                    .state
+                    .firewall()
+                    .seen(ip)
+                    .filter(|s| s.expires_in.is_some());
+                ("ip", m.decide_ip(ip))
+            }
             Ok(Target::Wildcard(_) | Target::Cidr(..)) => {
                 return error(
                     StatusCode::BAD_REQUEST,
@@ -306,12 +315,37 @@ impl Api {
                 )
             }
         };
-        let reason = match (&d.target, kind) {
-            (Some(t), "domain") => format!("first matching rule in list order: {t:?}"),
-            (Some(t), _) => {
+        // The kernel's order: address deny rules, then addresses learned
+        // from allowed answers, then denied names' addresses, then address
+        // allow rules, then the default.
+        let seen = seen.filter(|_| !(d.action == Action::Deny && d.rule.is_some()));
+        if let Some(s) = &seen {
+            d = Decision {
+                action: if s.denied {
+                    Action::Deny
+                } else {
+                    Action::Allow
+                },
+                rule: None,
+                target: None,
+            };
+        }
+        let reason = match (&d.target, kind, &seen) {
+            (_, _, Some(s)) => format!(
+                "an address of {} {:?}, from its DNS answer, for {} s more",
+                if s.denied {
+                    "the denied name"
+                } else {
+                    "the allowed name"
+                },
+                s.name,
+                s.expires_in.map_or(0, |t| t.as_secs())
+            ),
+            (Some(t), "domain", _) => format!("first matching rule in list order: {t:?}"),
+            (Some(t), _, _) => {
                 format!("address rule {t:?} (deny rules are checked before allow rules)")
             }
-            (None, _) => format!(
+            (None, _, _) => format!(
                 "no rule matches: defaultAction {}",
                 m.policy().default_action.as_str()
             ),
@@ -324,6 +358,7 @@ impl Api {
                 "action": d.action.as_str(),
                 "rule": d.rule.map(|i| serde_json::json!({"index": i, "action": m.policy().egress[i].action.as_str(), "target": m.policy().egress[i].target})),
                 "reason": reason,
+                "answer": seen.map(|s| serde_json::json!({"domain": s.name, "denied": s.denied, "expiresInSeconds": s.expires_in.map_or(0, |t| t.as_secs())})),
                 "enforcementMode": self.mode.as_str(),
                 "note": if kind == "ip" && self.mode == Mode::Dns { Some("address rules are enforced only in dns+nft mode") } else { None },
             }),

@@ -41,11 +41,23 @@ pub trait Firewall: Send + Sync + std::fmt::Debug {
     fn block(&self, _name: &str, _addrs: &[(IpAddr, u32)]) -> Result<(), NftError> {
         Ok(())
     }
-    /// The name an address was last seen for: a denied name it was blocked
-    /// for, else an allowed name it was learned from (for events).
-    fn name_of(&self, _ip: IpAddr) -> Option<String> {
+    /// What DNS answers put in the kernel for `ip`: the denied name it is
+    /// blocked for, else the allowed name it was learned from (possibly
+    /// expired since).
+    fn seen(&self, _ip: IpAddr) -> Option<Seen> {
         None
     }
+}
+
+/// An address egress met in a DNS answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    /// The name it answered for (lowercase, no trailing dot).
+    pub name: String,
+    /// In `dyn_deny` (a denied name's address) rather than `dyn_allow`.
+    pub denied: bool,
+    /// How long its set element still lives; None once expired.
+    pub expires_in: Option<Duration>,
 }
 
 /// `dns` mode: nothing in the kernel.
@@ -277,13 +289,22 @@ impl Firewall for Nft {
         Ok(())
     }
 
-    fn name_of(&self, ip: IpAddr) -> Option<String> {
-        let first = |m: &HashMap<IpAddr, Learned>| {
-            m.get(&ip)
-                .and_then(|l| l.names.first())
-                .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+    fn seen(&self, ip: IpAddr) -> Option<Seen> {
+        let now = Instant::now();
+        let find = |m: &HashMap<IpAddr, Learned>, denied: bool| {
+            let l = m.get(&ip)?;
+            Some(Seen {
+                name: l.names.first()?.trim_end_matches('.').to_ascii_lowercase(),
+                denied,
+                expires_in: l
+                    .expires
+                    .checked_duration_since(now)
+                    .filter(|d| !d.is_zero()),
+            })
         };
-        first(&lock(&self.blocked)).or_else(|| first(&lock(&self.learned)))
+        find(&lock(&self.blocked), true)
+            .filter(|s| s.expires_in.is_some())
+            .or_else(|| find(&lock(&self.learned), false))
     }
 }
 
