@@ -59,6 +59,8 @@ pub struct Config {
     pub max_rules: usize,
     /// `OPENSANDBOX_EGRESS_LOG_LEVEL` (default `info`).
     pub log_level: String,
+    /// `OPENSANDBOX_LOG_OUTPUT`: where log lines go (stdout, stderr, files).
+    pub log_outputs: Vec<crate::logs::Output>,
     /// `OPENSANDBOX_EGRESS_DNS_UPSTREAM`: resolvers (literal IP[:port]); else from resolv.conf.
     pub dns_upstream: Vec<SocketAddr>,
     /// `OPENSANDBOX_EGRESS_DNS_UPSTREAM_TIMEOUT` seconds per upstream exchange (1..=120, default 5).
@@ -226,6 +228,7 @@ impl Config {
                 Some(v) => v.parse().unwrap_or(4096),
             },
             log_level: get("OPENSANDBOX_EGRESS_LOG_LEVEL").unwrap_or_else(|| "info".into()),
+            log_outputs: crate::logs::parse(&get("OPENSANDBOX_LOG_OUTPUT").unwrap_or_default()),
             dns_upstream,
             dns_upstream_timeout: Duration::from_secs(timeout),
             dns_addr: parse_listen(
@@ -351,6 +354,18 @@ mod tests {
             .map(|(k, v)| ((*k).into(), (*v).into()))
             .collect();
         Config::from_env(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn log_outputs() {
+        use crate::logs::Output;
+        assert_eq!(parse(&[]).unwrap().log_outputs, [Output::Stdout]);
+        assert_eq!(
+            parse(&[("OPENSANDBOX_LOG_OUTPUT", "stderr,/tmp/e.log")])
+                .unwrap()
+                .log_outputs,
+            [Output::Stderr, Output::File("/tmp/e.log".into())]
+        );
     }
 
     #[test]

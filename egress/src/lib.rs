@@ -11,6 +11,7 @@
 //! - [`events`]: refusals, bounded.
 //! - [`webhook`]: the denied-hostname webhook.
 //! - [`metrics`]: upstream's metrics, pushed as OTLP/HTTP JSON.
+//! - [`logs`]: log destinations (stdout, stderr, rotated files).
 //!
 //! Later issues add the TLS interceptor and the Credential Vault (`mitm/`,
 //! `vault/`).
@@ -19,6 +20,7 @@ pub mod api;
 pub mod config;
 pub mod dns;
 pub mod events;
+pub mod logs;
 pub mod metrics;
 pub mod nft;
 pub mod policy;

@@ -34,9 +34,11 @@ fn run() -> anyhow::Result<()> {
         "error" | "fatal" => LevelFilter::ERROR,
         _ => LevelFilter::INFO,
     };
+    let logs = egress::logs::Tee::open(&cfg.log_outputs).context("OPENSANDBOX_LOG_OUTPUT")?;
     tracing_subscriber::fmt()
         .with_max_level(level)
         .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(logs))
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -252,13 +252,30 @@ fn policy_file_survives_restart_and_bad_env_rules_are_fatal() {
     );
     drop(e);
     let _ = std::fs::remove_dir_all(&dir);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_egress"))
-        .env("OPENSANDBOX_EGRESS_RULES", r#"{"defaultAction":"nope"}"#)
-        .env("OPENSANDBOX_EGRESS_REDIRECT", "off")
-        .env("OPENSANDBOX_EGRESS_HTTP_ADDR", "127.0.0.1:0")
-        .env("OPENSANDBOX_EGRESS_DNS_ADDR", "127.0.0.1:0")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unsupported defaultAction"));
+    let err = start_fails(&[("OPENSANDBOX_EGRESS_RULES", r#"{"defaultAction":"nope"}"#)]);
+    assert!(err.contains("unsupported defaultAction"), "{err}");
+}
+
+#[test]
+fn logs_go_where_opensandbox_log_output_says() {
+    let dir = std::env::temp_dir().join(format!("egress-logs-it-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("egress.log");
+    let outputs = format!("stdout,{}", file.display());
+    {
+        let e = egress(&[("OPENSANDBOX_LOG_OUTPUT", &outputs)]);
+        let rule = r#"[{"action":"allow","target":"logged.example"}]"#;
+        assert_eq!(e.request("PATCH", "/policy", Some(rule)).0, 200);
+    }
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("egress listening"), "{text}");
+    assert!(text.contains("policy applied"), "{text}");
+    // A destination that cannot be opened stops egress at start, named.
+    let missing = dir.join("missing/dir/e.log");
+    let err = start_fails(&[("OPENSANDBOX_LOG_OUTPUT", missing.to_str().unwrap())]);
+    assert!(
+        err.contains("OPENSANDBOX_LOG_OUTPUT") && err.contains("missing/dir/e.log"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

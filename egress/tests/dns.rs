@@ -292,19 +292,8 @@ fn always_rules_overlay_the_user_policy_and_reload() {
     );
     drop(e);
     // At start, a broken file is fatal.
-    let out = std::process::Command::new(bin())
-        .env("OPENSANDBOX_EGRESS_RULES_DIR", &dir_s)
-        .env("OPENSANDBOX_EGRESS_REDIRECT", "off")
-        .env("OPENSANDBOX_EGRESS_HTTP_ADDR", "127.0.0.1:0")
-        .env("OPENSANDBOX_EGRESS_DNS_ADDR", "127.0.0.1:0")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("allow.always:1"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let err = start_fails(&[("OPENSANDBOX_EGRESS_RULES_DIR", &dir_s)]);
+    assert!(err.contains("allow.always:1"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -20,3 +20,18 @@ pub fn egress(envs: &[(&str, &str)]) -> Egress {
 pub fn egress_in(envs: &[(&str, &str)], cgroup: &Path) -> Egress {
     Egress::start_in(bin(), envs, Some(cgroup))
 }
+
+/// Runs egress (loopback ports, no redirect) with `envs`, which must stop
+/// it at start: asserts exit status 1 and returns what it said on stderr.
+pub fn start_fails(envs: &[(&str, &str)]) -> String {
+    let out = std::process::Command::new(bin())
+        .env("OPENSANDBOX_EGRESS_REDIRECT", "off")
+        .env("OPENSANDBOX_EGRESS_HTTP_ADDR", "127.0.0.1:0")
+        .env("OPENSANDBOX_EGRESS_DNS_ADDR", "127.0.0.1:0")
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    err
+}
