@@ -43,5 +43,12 @@ PY
 )
 [ "$rcode" = 3 ] || { echo "egress: denied name got rcode $rcode, want 3"; docker logs "egress-$tag"; exit 1; }
 echo "egress DNS redirect: denied.test NXDOMAIN"
-docker logs "egress-$tag" 2>&1 | grep -q 'socket mark' && echo "egress: socket-mark fallback (no cgroup v2 of its own)" || true
+logs=$(docker logs "egress-$tag" 2>&1)
+grep -q 'socket mark' <<<"$logs" && echo "egress: socket-mark fallback (no cgroup v2 of its own)" || true
+# As PID 1, egress must end on SIGTERM itself (a pod would wait out its grace period).
+start=$(date +%s)
+docker stop -t 20 "egress-$tag" >/dev/null
+took=$(( $(date +%s) - start )); code=$(docker inspect -f '{{.State.ExitCode}}' "egress-$tag")
+[ "$took" -lt 5 ] && [ "$code" = 0 ] || { echo "egress: docker stop took ${took}s, exit code $code"; docker logs "egress-$tag"; exit 1; }
+echo "egress: stops on SIGTERM in ${took}s (exit 0)"
 echo "image smoke ok"

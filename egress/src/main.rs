@@ -206,7 +206,18 @@ fn run() -> anyhow::Result<()> {
             ?upstreams,
             "egress listening"
         );
-        Api::new(state, &cfg).serve(listener).await;
+        // As PID 1 in its container the kernel ignores signals without a
+        // handler (a pod would wait out its grace period): end on SIGTERM and
+        // SIGINT. The rules stay in the kernel (fail closed) until the next
+        // egress replaces them; upstream deleted them here.
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("handle SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("handle SIGINT")?;
+        tokio::select! {
+            () = Api::new(state, &cfg).serve(listener) => {}
+            _ = term.recv() => tracing::info!("SIGTERM: exiting; the rules stay in force"),
+            _ = int.recv() => tracing::info!("SIGINT: exiting; the rules stay in force"),
+        }
         Ok(())
     })
 }

@@ -120,13 +120,19 @@ fn a_crash_keeps_the_sandbox_closed() {
             "rules stay in the kernel: fail closed"
         );
         assert!(can_send("10.5.1.1:443"));
-        let e = start(&w, RULES);
+        let mut e = start(&w, RULES);
         assert_eq!(
             addrs(&e.lookup("allowed.test.")),
             [Ipv4Addr::new(10, 0, 0, 1)]
         );
         assert!(can_send("10.0.0.1:443"));
         assert!(!can_send("11.0.0.1:443"));
+        // SIGTERM (a pod or container stopping): egress exits at once, and
+        // the rules stay too.
+        let st = e.stop_with(nix::sys::signal::Signal::SIGTERM);
+        assert_eq!(st.and_then(|s| s.code()), Some(0), "{st:?}");
+        assert!(!can_send("11.0.0.1:443"), "fail closed after SIGTERM");
+        assert!(can_send("10.0.0.1:443"));
     });
 }
 

@@ -100,6 +100,23 @@ impl Egress {
         panic!("egress did not start");
     }
 
+    /// Sends `signal` and waits (up to 5 s) for egress to exit.
+    pub fn stop_with(
+        &mut self,
+        signal: nix::sys::signal::Signal,
+    ) -> Option<std::process::ExitStatus> {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).ok()?);
+        nix::sys::signal::kill(pid, signal).ok()?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Exit status, if egress has exited.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().unwrap()
