@@ -33,7 +33,7 @@ fi
 
 # The static musl build is what ships (its allocator gives memory back, and
 # costs some speed): measure it when the target is there.
-if rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl && command -v musl-gcc >/dev/null; then
+if grep -qx x86_64-unknown-linux-musl <<<"$(rustup target list --installed 2>/dev/null)" && command -v musl-gcc >/dev/null; then
     cargo build --release --target x86_64-unknown-linux-musl -p egress
     export EGRESS_BIN="${EGRESS_BIN:-$PWD/target/x86_64-unknown-linux-musl/release/egress}"
 else

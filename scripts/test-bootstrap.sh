@@ -149,12 +149,14 @@ check "(h) MITM: the merged bundle and the system store hold the CA" \
     grep -q '$cert_line' /etc/ssl/certs/ca-certificates.crt"
 docker rm -f "$tag-h" >/dev/null
 
-# (i) MITM CA that never comes: a warning, and the command runs anyway.
+# (i) MITM CA that never comes: a warning, and the command runs anyway. (The
+# logs are captured before grep -q: under pipefail, grep leaving early would
+# fail the pipeline whenever docker logs is still writing.)
 sandbox i -e OPENSANDBOX_EGRESS_MITMPROXY_TRANSPARENT=yes -e OPENSANDBOX_MITM_CA_WAIT_SECONDS=1 \
   "$base_image" sh -c 'exit 6'
 code=$(exit_code i)
 check "(i) MITM CA missing after 1 s: warned, command ran (exit code $code, want 6)" \
-  eval '[ "$code" = 6 ] && docker logs "$tag-i" 2>&1 | grep -q "warning: no /opt/opensandbox/mitmproxy-ca-cert.pem"'
+  eval '[ "$code" = 6 ] && grep -q "warning: no /opt/opensandbox/mitmproxy-ca-cert.pem" <<<"$(docker logs "$tag-i" 2>&1)"'
 
 if ((failed)); then
   for n in "${names[@]}"; do
