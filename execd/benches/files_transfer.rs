@@ -21,6 +21,9 @@
 //! directory to include the disk). The table is printed and written to
 //! `target/bench-files.md`.
 
+#[path = "../tests/common/listen.rs"]
+mod listen;
+
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -293,23 +296,7 @@ impl Server {
                     bin.display()
                 )
             })?;
-        let mut out = BufReader::new(child.stdout.take().ok_or("no stdout")?);
-        let mut line = String::new();
-        let port = loop {
-            line.clear();
-            if out.read_line(&mut line)? == 0 {
-                return Err("execd exited before listening".into());
-            }
-            if let Some(p) = line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("local="))
-                .and_then(|a| a.rsplit(':').next())
-                .and_then(|p| p.parse().ok())
-            {
-                break p;
-            }
-        };
-        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        let port = listen::listening_port(&mut child).ok_or("execd exited before listening")?;
         Ok(Self {
             child,
             port,

@@ -22,8 +22,11 @@
 //!
 //! The table is printed and written to `target/bench-pty.md`.
 
+#[path = "../tests/common/listen.rs"]
+mod listen;
+
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -194,23 +197,7 @@ impl Execd {
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| format!("start {}: {e} (build it with bench/pty.sh)", bin.display()))?;
-        let mut out = BufReader::new(child.stdout.take().ok_or("no stdout")?);
-        let mut line = String::new();
-        let port = loop {
-            line.clear();
-            if out.read_line(&mut line)? == 0 {
-                return Err("execd exited before listening".into());
-            }
-            if let Some(p) = line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("local="))
-                .and_then(|a| a.rsplit(':').next())
-                .and_then(|p| p.parse().ok())
-            {
-                break p;
-            }
-        };
-        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        let port = listen::listening_port(&mut child).ok_or("execd exited before listening")?;
         Ok(Self { child, port })
     }
 

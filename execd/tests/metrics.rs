@@ -9,7 +9,7 @@
 mod common;
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -315,24 +315,10 @@ fn start_in(procs: &[PathBuf]) -> Jailed {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    let port = loop {
-        line.clear();
-        if out.read_line(&mut line).unwrap_or(0) == 0 {
-            let _ = child.kill();
-            panic!("execd exited before listening: {:?}", child.wait());
-        }
-        if line.contains("execd listening") {
-            break line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("local="))
-                .and_then(|a| a.rsplit(':').next())
-                .and_then(|p| p.parse().ok())
-                .unwrap();
-        }
+    let Some(port) = common::listening_port(&mut child) else {
+        let _ = child.kill();
+        panic!("execd exited before listening: {:?}", child.wait());
     };
-    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
     Jailed { child, port, tmp }
 }
 

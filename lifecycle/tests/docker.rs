@@ -8,7 +8,8 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use common::{
-    can_run, create_body, request, run_command, Server, BASE_IMAGE, EGRESS_IMAGE, EXECD_IMAGE,
+    can_run, create_body, egress_policy, request, run_command, Server, BASE_IMAGE, EGRESS_IMAGE,
+    EXECD_IMAGE,
 };
 use serde_json::json;
 
@@ -108,16 +109,10 @@ async fn create_use_inspect_and_delete() {
     .await;
     assert_eq!(r.header("X-Request-ID"), Some("req-123"));
 
-    let r = s.call("DELETE", &format!("/v1/sandboxes/{id}"), None).await;
-    assert_eq!(r.status, 204, "{}", r.text());
+    s.delete_leaving_nothing(&id).await;
     s.call("GET", &format!("/v1/sandboxes/{id}"), None)
         .await
         .assert_error(404, "DOCKER::SANDBOX_NOT_FOUND");
-    assert!(
-        s.containers().is_empty(),
-        "left behind: {:?}",
-        s.containers()
-    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -474,25 +469,7 @@ async fn network_policy_runs_an_egress_sidecar() {
         .call("GET", &format!("/v1/sandboxes/{id}/endpoints/18080"), None)
         .await
         .json();
-    let token = e["headers"]["OPENSANDBOX-EGRESS-AUTH"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let ep = e["endpoint"].as_str().unwrap();
-    let (authority, prefix) = ep.split_once('/').unwrap();
-    let path = format!("/{prefix}/policy");
-    let denied = request(authority, "GET", &path, &[], None).await;
-    assert_eq!(denied.status, 401, "{}", denied.text());
-    let pol = request(
-        authority,
-        "GET",
-        &path,
-        &[("OPENSANDBOX-EGRESS-AUTH".into(), token)],
-        None,
-    )
-    .await;
-    assert_eq!(pol.status, 200, "{}", pol.text());
-    let pol = pol.json();
+    let pol = egress_policy(&e).await;
     assert_eq!(pol["policy"]["defaultAction"], "deny", "{pol}");
     assert_eq!(pol["enforcementMode"], "dns+nft", "{pol}");
     assert_eq!(
@@ -509,17 +486,7 @@ async fn network_policy_runs_an_egress_sidecar() {
     .await;
     assert_eq!(out.trim(), "REFUSED");
 
-    assert_eq!(
-        s.call("DELETE", &format!("/v1/sandboxes/{id}"), None)
-            .await
-            .status,
-        204
-    );
-    assert!(
-        s.containers().is_empty(),
-        "sidecar left behind: {:?}",
-        s.containers()
-    );
+    s.delete_leaving_nothing(&id).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

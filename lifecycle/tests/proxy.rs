@@ -10,7 +10,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{can_run, create_body, request, Resp, Server, BASE_IMAGE, EGRESS_IMAGE, EXECD_IMAGE};
+use common::{
+    can_run, create_body, egress_policy, request, Resp, Server, BASE_IMAGE, EGRESS_IMAGE,
+    EXECD_IMAGE,
+};
 use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -318,17 +321,7 @@ async fn server_proxy_reaches_sandbox_services() {
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
 
-    assert_eq!(
-        s.call("DELETE", &format!("/v1/sandboxes/{id}"), None)
-            .await
-            .status,
-        204
-    );
-    assert!(
-        s.containers().is_empty(),
-        "left behind: {:?}",
-        s.containers()
-    );
+    s.delete_leaving_nothing(&id).await;
 }
 
 #[tokio::test]
@@ -414,34 +407,7 @@ async fn server_proxy_endpoints() {
         e["endpoint"],
         format!("{host}/v1/sandboxes/{id}/proxy/18080")
     );
-    let token = e["headers"]["OPENSANDBOX-EGRESS-AUTH"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let (authority, prefix) = e["endpoint"].as_str().unwrap().split_once('/').unwrap();
-    let path = format!("/{prefix}/policy");
-    let denied = request(authority, "GET", &path, &[], None).await;
-    assert_eq!(denied.status, 401, "{}", denied.text());
-    let pol = request(
-        authority,
-        "GET",
-        &path,
-        &[("OPENSANDBOX-EGRESS-AUTH".into(), token)],
-        None,
-    )
-    .await;
-    assert_eq!(pol.status, 200, "{}", pol.text());
-    assert_eq!(pol.json()["policy"]["defaultAction"], "deny");
+    assert_eq!(egress_policy(&e).await["policy"]["defaultAction"], "deny");
 
-    assert_eq!(
-        s.call("DELETE", &format!("/v1/sandboxes/{id}"), None)
-            .await
-            .status,
-        204
-    );
-    assert!(
-        s.containers().is_empty(),
-        "left behind: {:?}",
-        s.containers()
-    );
+    s.delete_leaving_nothing(&id).await;
 }

@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod listen;
+pub use listen::listening_port;
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A running execd, killed (with its spool directory removed) on drop.
@@ -140,28 +143,13 @@ impl Execd {
             cmd.uid(uid).gid(gid).current_dir(&tmp);
         }
         let mut child = cmd.stdout(Stdio::piped()).spawn().expect("start execd");
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut port = None;
-        let mut line = String::new();
-        while port.is_none() {
-            line.clear();
-            if out.read_line(&mut line).unwrap_or(0) == 0 {
-                let _ = child.kill();
-                panic!("execd exited before listening");
-            }
-            if line.contains("execd listening") {
-                port = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("local="))
-                    .and_then(|a| a.rsplit(':').next())
-                    .and_then(|p| p.parse().ok());
-            }
-        }
-        // Keep draining the log so execd never blocks on a full pipe.
-        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        let Some(port) = listening_port(&mut child) else {
+            let _ = child.kill();
+            panic!("execd exited before listening");
+        };
         Execd {
             child,
-            port: port.unwrap(),
+            port,
             tmp,
             token: Self::token_of(args, envs),
         }

@@ -6,8 +6,7 @@ use std::io::Read;
 
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder,
-    RemoveContainerOptionsBuilder,
+    DownloadFromContainerOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use bollard::Docker;
 use bytes::Bytes;
@@ -35,11 +34,7 @@ pub async fn from_image(docker: &Docker, image: &str) -> Result<Bytes, DockerErr
         cmd: Some(vec!["tail".into(), "-f".into(), "/dev/null".into()]),
         ..Default::default()
     };
-    let opts = CreateContainerOptionsBuilder::new().name(&name).build();
-    docker
-        .create_container(Some(opts), body)
-        .await
-        .map_err(|e| DockerError::Start(format!("create execd image container: {e}")))?;
+    super::create_named(docker, &name, body, "execd image container").await?;
     let files = async {
         let execd = read_file(docker, &name, "/execd").await?;
         let boot = read_file(docker, &name, "/bootstrap.sh").await?;

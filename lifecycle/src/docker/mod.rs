@@ -325,20 +325,9 @@ impl Driver {
             }),
             ..Default::default()
         };
-        let opts = CreateContainerOptionsBuilder::new().name(name).build();
-        self.docker()
-            .await?
-            .create_container(Some(opts), body)
-            .await
-            .map_err(|e| DockerError::Start(format!("create egress sidecar: {e}")))?;
-        self.docker()
-            .await?
-            .start_container(
-                name,
-                None::<bollard::query_parameters::StartContainerOptions>,
-            )
-            .await
-            .map_err(|e| DockerError::Start(format!("start egress sidecar: {e}")))?;
+        let docker = self.docker().await?;
+        create_named(&docker, name, body, "egress sidecar").await?;
+        start_named(&docker, name, "egress sidecar").await?;
         let info = self
             .docker()
             .await?
@@ -417,12 +406,7 @@ impl Driver {
             }),
             ..Default::default()
         };
-        let opts = CreateContainerOptionsBuilder::new().name(name).build();
-        self.docker()
-            .await?
-            .create_container(Some(opts), body)
-            .await
-            .map_err(|e| DockerError::Start(format!("create container: {e}")))?;
+        create_named(&self.docker().await?, name, body, "container").await?;
         let upload = bollard::query_parameters::UploadToContainerOptionsBuilder::new()
             .path("/")
             .build();
@@ -431,15 +415,7 @@ impl Driver {
             .upload_to_container(name, Some(upload), bollard::body_full(bundle))
             .await
             .map_err(|e| DockerError::Start(format!("install execd into the container: {e}")))?;
-        self.docker()
-            .await?
-            .start_container(
-                name,
-                None::<bollard::query_parameters::StartContainerOptions>,
-            )
-            .await
-            .map_err(|e| DockerError::Start(format!("start container: {e}")))?;
-        Ok(())
+        start_named(&self.docker().await?, name, "container").await
     }
 
     /// Waits until execd answers `/ping` through its published port.
@@ -782,4 +758,30 @@ async fn http_ok(host: &str, port: u16, path: &str, headers: &[(&str, &str)]) ->
         .ok()
         .flatten()
         .unwrap_or(false)
+}
+
+/// Creates the container `name` from `body` (`what` names it in the error).
+pub(crate) async fn create_named(
+    docker: &Docker,
+    name: &str,
+    body: ContainerCreateBody,
+    what: &str,
+) -> Result<(), DockerError> {
+    let opts = CreateContainerOptionsBuilder::new().name(name).build();
+    docker
+        .create_container(Some(opts), body)
+        .await
+        .map(|_| ())
+        .map_err(|e| DockerError::Start(format!("create {what}: {e}")))
+}
+
+/// Starts the container `name` (`what` names it in the error).
+async fn start_named(docker: &Docker, name: &str, what: &str) -> Result<(), DockerError> {
+    docker
+        .start_container(
+            name,
+            None::<bollard::query_parameters::StartContainerOptions>,
+        )
+        .await
+        .map_err(|e| DockerError::Start(format!("start {what}: {e}")))
 }

@@ -217,6 +217,19 @@ impl Server {
         .await
     }
 
+    /// Deletes sandbox `id`: 204, and no container of the server's is left.
+    pub async fn delete_leaving_nothing(&self, id: &str) {
+        let r = self
+            .call("DELETE", &format!("/v1/sandboxes/{id}"), None)
+            .await;
+        assert_eq!(r.status, 204, "{}", r.text());
+        assert!(
+            self.containers().is_empty(),
+            "left behind: {:?}",
+            self.containers()
+        );
+    }
+
     /// Creates a sandbox from `body` (expecting 202); returns its id.
     pub async fn create_sandbox(&self, body: Value) -> String {
         let r = self.call("POST", "/v1/sandboxes", Some(body)).await;
@@ -359,6 +372,29 @@ pub async fn request(
     }
 }
 
+/// `GET /policy` of a sandbox's egress through the endpoint JSON `ep` (from
+/// `/endpoints/18080`): refused (401) without the endpoint's token header,
+/// answered with it; returns the answer.
+pub async fn egress_policy(ep: &Value) -> Value {
+    let token = ep["headers"]["OPENSANDBOX-EGRESS-AUTH"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (authority, prefix) = ep["endpoint"].as_str().unwrap().split_once('/').unwrap();
+    let path = format!("/{prefix}/policy");
+    let denied = request(authority, "GET", &path, &[], None).await;
+    assert_eq!(denied.status, 401, "{}", denied.text());
+    let pol = request(
+        authority,
+        "GET",
+        &path,
+        &[("OPENSANDBOX-EGRESS-AUTH".into(), token)],
+        None,
+    )
+    .await;
+    assert_eq!(pol.status, 200, "{}", pol.text());
+    pol.json()
+}
 /// The body every test creates sandboxes with, as the SDK sends it.
 pub fn create_body(extra: Value) -> Value {
     let mut b = serde_json::json!({
