@@ -157,7 +157,8 @@ impl Nft {
         Ok(())
     }
 
-    fn apply_policy(&self, policy: &Policy, matcher: &Matcher) -> Result<(), NftError> {
+    fn apply_policy(&self, matcher: &Matcher) -> Result<(), NftError> {
+        let policy = matcher.policy();
         // Held for the whole change: what it records must be what the kernel holds.
         let mut installed = lock(&self.installed);
         if installed.is_some() && !self.opts.filter {
@@ -230,7 +231,7 @@ impl Nft {
 
 impl Firewall for Nft {
     fn apply(&self, matcher: &Matcher) -> Result<(), NftError> {
-        self.apply_policy(matcher.policy(), matcher)
+        self.apply_policy(matcher)
     }
 
     fn learn(&self, name: &str, addrs: &[(IpAddr, u32)]) -> Result<(), NftError> {
